@@ -1,0 +1,33 @@
+"""Search an index built by `agents.indexer`: embed the query, return whole documents."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agents.embedder import Embedder
+from agents.store import ChromaStore, RetrievedDocument
+
+
+class Retriever:
+    """Dense retrieval over an existing (corpus, embedder) collection; refuses a missing index."""
+
+    def __init__(self, embedder: Embedder, store: ChromaStore, corpus: str, chunking: dict[str, Any]) -> None:
+        self.embedder = embedder
+        self.store = store
+        self.collection = store.open(corpus, embedder.name, embedder.dimension, chunking, create=False)
+
+    def search(self, query: str, k: int = 5) -> list[RetrievedDocument]:
+        """The `k` documents whose best chunk is closest to `query`, best first, with scores."""
+        return self.store.search(self.embedder.embed_queries([query])[0], k)
+
+
+def format_results(query: str, results: list[RetrievedDocument], preview_chars: int = 160) -> str:
+    """Human-readable ranking: score, source, title, size and the start of each document."""
+    lines = [f"query: {query}"]
+    if not results:
+        lines.append("  (no documents)")
+    for rank, doc in enumerate(results, start=1):
+        preview = " ".join(doc.text.split())[:preview_chars]
+        lines.append(f"  {rank}. {doc.score:.3f}  {doc.source}  ({doc.n_tokens} tokens)")
+        lines.append(f"     {preview}")
+    return "\n".join(lines)
