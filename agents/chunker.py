@@ -66,7 +66,7 @@ class TokenChunker:
         tokenizer: str | Path | Tokenizer,
         chunk_tokens: int = 200,
         overlap_tokens: int = 20,
-        segment_chars: int = 1 << 20,
+        segment_chars: int = 1 << 16,
     ) -> None:
         if not 0 <= overlap_tokens < chunk_tokens:
             raise InputError(
