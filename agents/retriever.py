@@ -14,6 +14,7 @@ class Retriever:
     def __init__(self, embedder: Embedder, store: ChromaStore, corpus: str, chunking: dict[str, Any]) -> None:
         self.embedder = embedder
         self.store = store
+        store.require(corpus, embedder.name)  # before the embedder loads its model
         self.collection = store.open(corpus, embedder.name, embedder.dimension, chunking, create=False)
 
     def search(self, query: str, k: int = 5) -> list[RetrievedDocument]:

@@ -71,6 +71,16 @@ class ChromaStore:
         limit = self.client.get_max_batch_size()
         return min(limit, self.requested_max_batch) if self.requested_max_batch else limit
 
+    def require(self, corpus: str, embedder: str) -> str:
+        """The collection name for a corpus and embedder; refuses one that was never built."""
+        name = self.collection or collection_name(corpus, embedder)
+        if not self.path.exists() or name not in {c.name for c in self.client.list_collections()}:
+            raise InputError(
+                f"no index {name!r} in store.path={self.path}: build it first with "
+                "`python index.py` and the same corpus, embedder and store settings"
+            )
+        return name
+
     def open(
         self,
         corpus: str,
@@ -83,13 +93,7 @@ class ChromaStore:
 
         Refuses an existing collection made with another embedding dimension or chunking.
         """
-        name = self.collection or collection_name(corpus, embedder)
-        if not create:
-            if not self.path.exists() or name not in {c.name for c in self.client.list_collections()}:
-                raise InputError(
-                    f"no index {name!r} in store.path={self.path}: build it first with "
-                    "`python index.py` and the same corpus, embedder and store settings"
-                )
+        name = self.require(corpus, embedder) if not create else self.collection or collection_name(corpus, embedder)
         meta = {"hnsw:space": "cosine", "corpus": corpus, "embedder": embedder, "dimension": dimension}
         meta.update(chunking)
         chunks = self.client.get_or_create_collection(name, metadata=meta, embedding_function=None)
