@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from agents.embedder import Embedder
@@ -11,7 +12,9 @@ from agents.store import ChromaStore, RetrievedDocument
 class Retriever:
     """Dense retrieval over an existing (corpus, embedder) collection; refuses a missing index."""
 
-    def __init__(self, embedder: Embedder, store: ChromaStore, corpus: str, chunking: dict[str, Any]) -> None:
+    def __init__(
+        self, embedder: Embedder, store: ChromaStore, corpus: str, chunking: dict[str, Any] | None = None
+    ) -> None:
         self.embedder = embedder
         self.store = store
         store.require(corpus, embedder.name)  # before the embedder loads its model
@@ -20,6 +23,25 @@ class Retriever:
     def search(self, query: str, k: int = 5) -> list[RetrievedDocument]:
         """The `k` documents whose best chunk is closest to `query`, best first, with scores."""
         return self.store.search(self.embedder.embed_queries([query])[0], k)
+
+    def gather(self, query: str, budget_tokens: int, count: Callable[[str], int]) -> list[tuple[RetrievedDocument, int]]:
+        """Documents for `query`, best first, until their token counts (by `count`) reach the budget.
+
+        Returns fewer when the whole collection holds less; each with its token count.
+        """
+        k, counts = 16, {}
+        while True:
+            found = self.search(query, k)
+            picked, total = [], 0
+            for doc in found:
+                n = counts.setdefault(doc.id, count(doc.text))
+                picked.append((doc, n))
+                total += n
+                if total >= budget_tokens:
+                    return picked
+            if len(found) < k:
+                return picked
+            k *= 2
 
 
 def format_results(query: str, results: list[RetrievedDocument], preview_chars: int = 160) -> str:

@@ -86,16 +86,17 @@ class ChromaStore:
         corpus: str,
         embedder: str,
         dimension: int,
-        chunking: dict[str, Any],
+        chunking: dict[str, Any] | None,
         create: bool = True,
     ) -> str:
         """Open (or create) the collections for a corpus and embedder; returns the collection name.
 
-        Refuses an existing collection made with another embedding dimension or chunking.
+        Refuses an existing collection made with another embedding dimension or (unless `chunking`
+        is None, as for readers) another chunking.
         """
         name = self.require(corpus, embedder) if not create else self.collection or collection_name(corpus, embedder)
         meta = {"hnsw:space": "cosine", "corpus": corpus, "embedder": embedder, "dimension": dimension}
-        meta.update(chunking)
+        meta.update(chunking or {})
         chunks = self.client.get_or_create_collection(name, metadata=meta, embedding_function=None)
         existing = chunks.metadata or {}
         if existing.get("dimension") != dimension:
@@ -104,7 +105,7 @@ class ChromaStore:
                 f"embeddings (embedder {existing.get('embedder')!r}) but embedder {embedder!r} makes "
                 f"{dimension}: use a new store.path or set store.collection to a new name"
             )
-        changed = {k: (existing.get(k), v) for k, v in chunking.items() if existing.get(k) != v}
+        changed = {k: (existing.get(k), v) for k, v in (chunking or {}).items() if existing.get(k) != v}
         if changed:
             detail = ", ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in changed.items())
             raise InputError(
@@ -193,6 +194,11 @@ class ChromaStore:
                     Chunk(m["chunk_index"], text, m["start"], m["end"], m["token_start"], m["n_tokens"])
                 )
         return {d: stitch(c) for d, c in pieces.items() if c}
+
+    def chunk_at(self, offset: int) -> tuple[str, str]:
+        """(id, text) of the chunk at a position of the collection's stable order."""
+        got = self.chunks.get(limit=1, offset=offset, include=["documents"])
+        return got["ids"][0], got["documents"][0]
 
     def search(self, query_embedding: np.ndarray, k: int) -> list[RetrievedDocument]:
         """The `k` complete documents whose best chunk is closest to the query, best first."""

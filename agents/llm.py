@@ -1,0 +1,239 @@
+"""The chat client for any OpenAI-compatible endpoint (OpenAI, vLLM, SGLang, llama.cpp server).
+
+- One cap on requests in flight for the whole process (`max_in_flight`).
+- Retries on connection errors, timeouts, 408, 409, 429 (honouring Retry-After) and 5xx happen in
+  one layer only: the `openai` client's own, with exponential backoff (`max_retries`).
+- Structured output through `response_format` with a JSON schema, validated with pydantic; for an
+  endpoint that rejects `response_format`, plain text with a tolerant parser; one re-ask carrying
+  the validation error.
+- Truncation (`finish_reason == "length"`), empty content and refusals raise `LLMFailure`.
+- Every finished call is stored in an on-disk cache (`agents.llm_cache`), so a rerun replays it.
+- The API key is read from the environment variable named by `api_key_env`, never from config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import weakref
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from agents.errors import InputError
+from agents.llm_cache import LLMCache, request_key
+from agents.parsing import is_refusal, parse_model, strip_reasoning
+from agents.prompts import REASK_PROMPT
+
+T = TypeVar("T", bound=BaseModel)
+Messages = list[dict[str, str]]
+
+
+class LLMFailure(Exception):
+    """A call that gave no usable output once the client's retries were spent."""
+
+
+class _StructuredOutputUnsupported(Exception):
+    pass
+
+
+@dataclass
+class LLMStats:
+    """Counters of one client, read by the progress bar and the closing summary."""
+
+    calls: int = 0  # requests answered by the endpoint
+    cached: int = 0  # calls answered from the cache
+    failures: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    in_flight: int = 0
+    peak_in_flight: int = 0
+
+
+class LLMClient:
+    """Async chat completions with a global request cap, a call cache and validated JSON output."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        temperature: float = 0.7,
+        max_tokens: int = 2048,
+        timeout: float = 600.0,
+        max_retries: int = 5,
+        max_in_flight: int = 16,
+        cache_path: str | None = None,
+        structured_outputs: bool = True,
+        seed: int | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api_key_env = api_key_env
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.max_in_flight = max_in_flight
+        self.cache = LLMCache(cache_path) if cache_path else None
+        self.structured_outputs = structured_outputs
+        self.seed = seed
+        self.stats = LLMStats()
+        self._per_loop: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def _loop_state(self) -> tuple[Any, asyncio.Semaphore]:
+        """The client and the request cap of the running event loop."""
+        loop = asyncio.get_running_loop()
+        state = self._per_loop.get(loop)
+        if state is None:
+            from openai import AsyncOpenAI
+
+            client = AsyncOpenAI(
+                base_url=self.base_url,
+                api_key=os.environ.get(self.api_key_env) or "EMPTY",
+                timeout=self.timeout,
+                max_retries=self.max_retries,
+            )
+            state = (client, asyncio.Semaphore(self.max_in_flight))
+            self._per_loop[loop] = state
+        return state
+
+    async def aclose(self) -> None:
+        """Close the HTTP client of the running loop and the cache file."""
+        state = self._per_loop.pop(asyncio.get_running_loop(), None)
+        if state is not None:
+            await state[0].close()
+        if self.cache is not None:
+            self.cache.close()
+
+    async def preflight(self) -> list[str]:
+        """Check the endpoint before any work: reachable, key accepted, model served.
+
+        Returns the served model ids. Raises InputError naming the URL otherwise.
+        """
+        import openai
+
+        client, _ = self._loop_state()
+        try:
+            page = await client.with_options(max_retries=1, timeout=min(self.timeout, 30.0)).models.list()
+        except openai.APIConnectionError as err:
+            raise InputError(
+                f"LLM endpoint {self.base_url} is unreachable ({err.__class__.__name__}): check "
+                "llm.base_url and that the server is running"
+            ) from None
+        except (openai.AuthenticationError, openai.PermissionDeniedError):
+            raise InputError(
+                f"LLM endpoint {self.base_url} rejected the API key: set the environment variable "
+                f"{self.api_key_env}"
+            ) from None
+        except openai.APIStatusError as err:
+            raise InputError(f"LLM endpoint {self.base_url}/models answered HTTP {err.status_code}") from None
+        served = [m.id for m in page.data]
+        if served and self.model not in served:
+            raise InputError(
+                f"model {self.model!r} is not served by {self.base_url} (it serves: "
+                f"{', '.join(served[:10])}): set llm.model"
+            )
+        return served
+
+    async def text(self, messages: Messages, max_tokens: int | None = None) -> str:
+        """A plain-text reply with reasoning blocks removed; refusals raise LLMFailure."""
+        content = strip_reasoning(await self._complete(messages, None, max_tokens))
+        if is_refusal(content):
+            self.stats.failures += 1
+            raise LLMFailure(f"refusal: {content[:120]!r}")
+        return content
+
+    async def json(self, messages: Messages, schema: type[T], max_tokens: int | None = None) -> T:
+        """A reply validated against `schema`; one re-ask with the error if it does not parse."""
+        content = await self._structured(messages, schema, max_tokens)
+        try:
+            return parse_model(content, schema)
+        except ValueError as first:
+            if is_refusal(content):
+                self.stats.failures += 1
+                raise LLMFailure(f"refusal: {strip_reasoning(content)[:120]!r}") from None
+            retry = messages + [
+                {"role": "assistant", "content": content},
+                {"role": "user", "content": REASK_PROMPT.format(error=first)},
+            ]
+            content = await self._structured(retry, schema, max_tokens)
+            try:
+                return parse_model(content, schema)
+            except ValueError as second:
+                self.stats.failures += 1
+                raise LLMFailure(f"invalid structured output after one re-ask: {second}") from None
+
+    async def _structured(self, messages: Messages, schema: type[T], max_tokens: int | None) -> str:
+        if self.structured_outputs:
+            response_format = {
+                "type": "json_schema",
+                "json_schema": {"name": schema.__name__, "schema": schema.model_json_schema(), "strict": True},
+            }
+            try:
+                return await self._complete(messages, response_format, max_tokens)
+            except _StructuredOutputUnsupported:
+                self.structured_outputs = False  # this endpoint gets plain text from now on
+        return await self._complete(messages, None, max_tokens)
+
+    async def _complete(self, messages: Messages, response_format: dict | None, max_tokens: int | None) -> str:
+        import openai
+
+        params: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": self.temperature,
+            "max_tokens": max_tokens or self.max_tokens,
+        }
+        if response_format:
+            params["response_format"] = response_format
+        if self.seed is not None:
+            params["seed"] = self.seed
+        key = request_key(params)
+        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+            self.stats.cached += 1
+            return hit["content"]
+        client, cap = self._loop_state()
+        async with cap:
+            self.stats.in_flight += 1
+            self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
+            try:
+                response = await client.chat.completions.create(**params)
+            except openai.BadRequestError as err:
+                if response_format and "response_format" in str(err.message).lower():
+                    raise _StructuredOutputUnsupported from None
+                self.stats.failures += 1
+                raise LLMFailure(f"HTTP 400 from {self.base_url}: {err.message}") from None
+            except openai.APIStatusError as err:
+                self.stats.failures += 1
+                raise LLMFailure(f"HTTP {err.status_code} from {self.base_url} after retries") from None
+            except openai.APITimeoutError:
+                self.stats.failures += 1
+                raise LLMFailure(f"timeout after {self.timeout}s from {self.base_url} after retries") from None
+            except openai.APIConnectionError as err:
+                self.stats.failures += 1
+                raise LLMFailure(f"connection to {self.base_url} failed after retries ({err})") from None
+            finally:
+                self.stats.in_flight -= 1
+        self.stats.calls += 1
+        if response.usage is not None:
+            self.stats.prompt_tokens += response.usage.prompt_tokens or 0
+            self.stats.completion_tokens += response.usage.completion_tokens or 0
+        if not response.choices:
+            self.stats.failures += 1
+            raise LLMFailure("response without choices")
+        choice = response.choices[0]
+        content = choice.message.content or ""
+        if getattr(choice.message, "refusal", None):
+            self.stats.failures += 1
+            raise LLMFailure(f"refusal: {choice.message.refusal[:120]!r}")
+        if choice.finish_reason == "length":
+            self.stats.failures += 1
+            raise LLMFailure(f"truncated: hit max_tokens={params['max_tokens']} (finish_reason=length)")
+        if not strip_reasoning(content):
+            self.stats.failures += 1
+            raise LLMFailure("empty content")
+        if self.cache is not None:
+            self.cache.put(key, {"content": content, "finish_reason": choice.finish_reason})
+        return content
