@@ -46,8 +46,47 @@ def embed_server():
 @pytest.fixture
 def server(embed_server):
     """The shared server with its script reset for one test."""
-    control = embed_server.control
-    control.api_key, control.fail_after, control.latency = None, None, 0.0
-    control.requests = 0
-    control.inputs.clear()
+    embed_server.control.reset()
     return embed_server
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory):
+    """A small byte-level BPE tokenizer with a chat template, saved like a model's and loaded through
+    `from_pretrained` — the stand-in for a target model's tokenizer."""
+    from pydoc_data.topics import topics
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from agents.tokens import DEFAULT_CHAT_TEMPLATE
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(topics.values(), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>")
+    fast.chat_template = DEFAULT_CHAT_TEMPLATE
+    path = tmp_path_factory.mktemp("tiny-tokenizer")
+    fast.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def topics_index(tmp_path_factory, embed_server, minilm_tokenizer):
+    """The pydoc topics indexed with the server's hashed embeddings: (store path, embedder spec)."""
+    from agents.chunker import TokenChunker
+    from agents.corpus import PythonDocsCorpus
+    from agents.embedder import OpenAIEmbedder
+    from agents.indexer import index_corpus
+    from agents.store import ChromaStore
+
+    spec = {"_target_": "agents.embedder.OpenAIEmbedder", "model": "hash-embed", "base_url": embed_server.url,
+            "name": "hash-embed", "query_prefix": "", "max_retries": 0, "tokenizer": minilm_tokenizer}
+    embedder = OpenAIEmbedder(**{k: v for k, v in spec.items() if k != "_target_"})
+    path = tmp_path_factory.mktemp("topics-index") / "chroma"
+    corpus = PythonDocsCorpus(docstrings=False)
+    index_corpus(corpus, TokenChunker(minilm_tokenizer), embedder, ChromaStore(str(path)), progress=False)
+    return str(path), spec

@@ -1,13 +1,18 @@
 """An OpenAI-compatible server for tests, on 127.0.0.1, with scripted faults.
 
 `/v1/embeddings` answers with deterministic hashed bag-of-words vectors, so texts sharing words
-are close. Faults are set through `ServerControl` by the test that owns the server.
+are close. `/v1/chat/completions` recognises each synthesis role by its prompt and answers it
+deterministically from the text it was given. Faults, latency and the API key are set through
+`ServerControl` by the test that owns the server; it also records the peak of requests in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import random
 import re
+import time
 import socket
 import threading
 import zlib
@@ -40,6 +45,70 @@ class ServerControl:
     latency: float = 0.0  # seconds added to each embeddings request
     requests: int = 0  # embedding requests received
     inputs: list[str] = field(default_factory=list)  # every text embedded, in order
+    chat_requests: int = 0  # chat requests received
+    chat_latency: float = 0.0  # seconds added to each chat request
+    fault_rate: float = 0.0  # share of chat requests that get a fault
+    fault_kinds: tuple[str, ...] = ("500", "429", "timeout", "malformed", "empty", "refusal", "truncate")
+    fault_seed: int = 0
+    timeout_sleep: float = 1.5  # how long a "timeout" fault stalls
+    reject_response_format: bool = False  # answer 400 to requests that carry response_format
+    saw_response_format: int = 0
+    in_flight: int = 0
+    peak_in_flight: int = 0
+    faults: dict[str, int] = field(default_factory=dict)  # fault kind -> times injected
+    _rng: random.Random | None = None
+
+    def reset(self) -> None:
+        """Back to a healthy, fast, open server with zeroed counters."""
+        fresh = ServerControl()
+        for name in self.__dataclass_fields__:
+            if name not in ("inputs", "faults"):
+                setattr(self, name, getattr(fresh, name))
+        self.inputs.clear()
+        self.faults.clear()
+
+    def draw_fault(self) -> str | None:
+        """The fault for the next chat request, if any (seeded, so runs are repeatable)."""
+        if self._rng is None:
+            self._rng = random.Random(self.fault_seed)
+        if self.fault_rate and self._rng.random() < self.fault_rate:
+            kind = self._rng.choice(self.fault_kinds)
+            self.faults[kind] = self.faults.get(kind, 0) + 1
+            return kind
+        return None
+
+
+_WORDS = re.compile(r"[A-Za-z][A-Za-z_]{3,}")
+
+
+def _between(text: str, start: str, end: str) -> str:
+    return text.split(start, 1)[1].split(end, 1)[0] if start in text else text
+
+
+def scripted_reply(messages: list[dict]) -> tuple[str, bool]:
+    """(reply, is_json) for a synthesis prompt, decided only by the prompt's text."""
+    original = next(m["content"] for m in messages if m["role"] == "user")
+    words = _WORDS.findall
+    if "Write one realistic request" in original:
+        picked = list(dict.fromkeys(w.lower() for w in words(_between(original, "<passage>", "</passage>"))))[:10]
+        text = "Using several documents, explain " + " ".join(picked) + " and how these ideas connect."
+        return json.dumps({"instruction": text}), True
+    if "You are gathering material" in original:
+        body = _between(original, "<text>", "</text>")
+        if zlib.crc32(body.encode()) % 7 == 0:
+            return "NOTHING_RELEVANT", False
+        return "Relevant notes: " + " ".join(body.split()[:40]), False
+    if "Notes gathered from a large collection" in original:
+        notes = _between(original, "<notes>", "</notes>")
+        return "Drawing on several documents, the answer is as follows. " + " ".join(notes.split()[:60]), False
+    if "Below is a piece of writing" in original:
+        topic = " ".join(words(_between(original, "<text>", "</text>"))[:12])
+        return json.dumps({"instruction": f"Write a long, detailed technical document covering {topic}."}), True
+    if "Passages retrieved from a long context" in original:
+        passage = _between(original, "[1]", "\n")
+        return json.dumps({"reasoning": "Passage 1 is the most relevant: " + " ".join(passage.split()[:30]),
+                           "answer": " ".join(passage.split()[:5]) or "unknown"}), True
+    return "I only know the selflong prompts.", False
 
 
 def build_app(control: ServerControl) -> FastAPI:
@@ -53,7 +122,8 @@ def build_app(control: ServerControl) -> FastAPI:
     async def models(request: Request):
         if not authorised(request):
             return JSONResponse({"error": {"message": "invalid api key"}}, status_code=401)
-        return {"object": "list", "data": [{"id": "hash-embed", "object": "model", "owned_by": "tests"}]}
+        served = [{"id": name, "object": "model", "owned_by": "tests"} for name in ("hash-embed", "scripted")]
+        return {"object": "list", "data": served}
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request):
@@ -76,6 +146,52 @@ def build_app(control: ServerControl) -> FastAPI:
             "model": body.get("model", "hash-embed"),
             "usage": {"prompt_tokens": 0, "total_tokens": 0},
         }
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        if not authorised(request):
+            return JSONResponse({"error": {"message": "invalid api key"}}, status_code=401)
+        body = await request.json()
+        control.chat_requests += 1
+        control.in_flight += 1
+        control.peak_in_flight = max(control.peak_in_flight, control.in_flight)
+        try:
+            if body.get("response_format"):
+                control.saw_response_format += 1
+                if control.reject_response_format:
+                    return JSONResponse({"error": {"message": "response_format is not supported"}}, status_code=400)
+            if control.chat_latency:
+                await asyncio.sleep(control.chat_latency)
+            fault = control.draw_fault()
+            if fault == "500":
+                return JSONResponse({"error": {"message": "injected 500"}}, status_code=500)
+            if fault == "429":
+                return JSONResponse({"error": {"message": "slow down"}}, status_code=429, headers={"Retry-After": "0"})
+            if fault == "timeout":
+                await asyncio.sleep(control.timeout_sleep)
+            content, is_json = scripted_reply(body["messages"])
+            finish = "stop"
+            if fault == "malformed" and is_json:
+                content = content[: len(content) // 2]
+            elif fault == "empty":
+                content = ""
+            elif fault == "refusal":
+                content = "I'm sorry, but I can't help with that request."
+            elif fault == "truncate":
+                content, finish = content[: len(content) // 2], "length"
+            prompt_tokens = sum(len(m["content"].split()) for m in body["messages"])
+            return {
+                "id": f"chat-{control.chat_requests}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": finish,
+                             "message": {"role": "assistant", "content": content}}],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(content.split()),
+                          "total_tokens": prompt_tokens + len(content.split())},
+            }
+        finally:
+            control.in_flight -= 1
 
     return app
 

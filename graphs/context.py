@@ -1,0 +1,85 @@
+"""Run-time settings of the synthesis graphs: LangGraph's context schema, shown in Studio.
+
+`synthesize.py` fills it from the Hydra config (`conf/llm`, `conf/embedder`, `conf/store`,
+`conf/synth`); Studio starts from these defaults. Every field is a plain value, so the dataclass is
+hashable and the heavy objects built from it (`graphs.resources`) are shared by equal contexts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from agents.samples import sample_id
+
+_MINILM = json.dumps({"_target_": "agents.embedder.SentenceTransformerEmbedder", "name": "all-MiniLM-L6-v2"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class SynthContext:
+    """Everything a synthesis run may change without touching code."""
+
+    # The OpenAI-compatible endpoint that writes instructions, summaries and answers.
+    llm_base_url: str = os.environ.get("SELFLONG_LLM_URL", "http://127.0.0.1:8000/v1")
+    llm_model: str = os.environ.get("SELFLONG_LLM_MODEL", "meta-llama/Llama-3.1-8B-Instruct")
+    # Name of the environment variable holding the API key (the key never enters settings).
+    llm_api_key_env: str = "OPENAI_API_KEY"
+    llm_temperature: float = 0.7
+    llm_max_tokens: int = 2048
+    llm_timeout: float = 600.0
+    # Retries (with backoff) on connection errors, timeouts, 408, 429 and 5xx.
+    llm_max_retries: int = 5
+    # Send response_format=json_schema; turned off automatically for endpoints that reject it.
+    llm_structured_outputs: bool = True
+    # Requests in flight, across all samples of the process.
+    llm_max_in_flight: int = 16
+    # On-disk cache of finished LLM calls (resume at request granularity).
+    cache_path: str = "data/synth/llm_cache.sqlite"
+    # The index built by index.py: store folder, corpus name and embedder (a Hydra node as JSON).
+    store_path: str = "data/chroma"
+    corpus: str = "python_docs"
+    embedder: str = _MINILM
+    # Local folder of the target model's tokenizer (null: the bundled MiniLM one) and chat template.
+    tokenizer: str | None = None
+    chat_template: str | None = None
+    # Seed of every random choice (seed chunks, document order).
+    seed: int = 0
+    shuffle_documents: bool = True
+    doc_header: str = "Document {index}: {title}"
+    instruction_position: str = "after"
+    instruction_min_words: int = 8
+    instruction_max_words: int = 120
+    instruction_attempts: int = 3
+    dedup_threshold: float = 0.7
+    qfs_chunk_tokens: int = 4096
+    qfs_budget_tokens: int = 16384
+    qfs_max_depth: int = 4
+    answer_min_words: int = 10
+    backtranslation_min_tokens: int = 2048
+    backtranslation_max_tokens: int = 32768
+    acer_chunk_tokens: int = 512
+    acer_top_m: int = 8
+    acer_ranker: str = "embedding"
+
+    def sample_id(self, kind: str, index: int, target_tokens: int | None = None) -> str:
+        """Id of the sample a graph makes from this index: a hash of everything that decides it."""
+        decided_by = {k: v for k, v in asdict(self).items() if not k.startswith("llm_") and k != "cache_path"}
+        return sample_id(
+            kind=kind, index=index, target_tokens=target_tokens, llm_model=self.llm_model,
+            llm_temperature=self.llm_temperature, llm_max_tokens=self.llm_max_tokens, settings=decided_by,
+        )
+
+    @classmethod
+    def from_config(cls, llm: dict[str, Any], embedder: dict[str, Any], store: dict[str, Any],
+                    corpus: str, synth: dict[str, Any]) -> SynthContext:
+        """Build from plain dicts of the Hydra groups (see conf/synthesize.yaml)."""
+        names = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {f"llm_{k}": v for k, v in llm.items()}
+        values.update(embedder=json.dumps(embedder, sort_keys=True), store_path=str(store["path"]), corpus=corpus)
+        values.update({k: v for k, v in synth.items() if k in names})
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise KeyError(f"settings without a SynthContext field: {unknown}")
+        return cls(**values)

@@ -1,0 +1,64 @@
+"""The objects a context needs (LLM client, retriever, tokenizer, instruction filter), built once
+per distinct context and shared by every graph run of the process."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+
+from agents.instructions import InstructionDeduper
+from agents.llm import LLMClient
+from agents.retriever import Retriever
+from agents.store import ChromaStore
+from agents.tokens import ChatTokenCounter
+from graphs.context import SynthContext
+
+
+@dataclass
+class Resources:
+    """Built lazily: the retriever and tokenizer load on first use."""
+
+    ctx: SynthContext
+    llm: LLMClient
+    deduper: InstructionDeduper
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _retriever: Retriever | None = None
+    _counter: ChatTokenCounter | None = None
+
+    @property
+    def retriever(self) -> Retriever:
+        """The index of `ctx.store_path` (embedder model loaded on first use)."""
+        with self._lock:
+            if self._retriever is None:
+                from hydra.utils import instantiate
+
+                embedder = instantiate(json.loads(self.ctx.embedder))
+                self._retriever = Retriever(embedder, ChromaStore(self.ctx.store_path), self.ctx.corpus)
+            return self._retriever
+
+    @property
+    def counter(self) -> ChatTokenCounter:
+        """The target model's tokenizer and chat template."""
+        with self._lock:
+            if self._counter is None:
+                self._counter = ChatTokenCounter(self.ctx.tokenizer, self.ctx.chat_template)
+            return self._counter
+
+
+_shared: dict[SynthContext, Resources] = {}
+_shared_lock = threading.Lock()
+
+
+def resources(ctx: SynthContext) -> Resources:
+    """The shared resources of a context."""
+    with _shared_lock:
+        if ctx not in _shared:
+            llm = LLMClient(
+                base_url=ctx.llm_base_url, model=ctx.llm_model, api_key_env=ctx.llm_api_key_env,
+                temperature=ctx.llm_temperature, max_tokens=ctx.llm_max_tokens, timeout=ctx.llm_timeout,
+                max_retries=ctx.llm_max_retries, max_in_flight=ctx.llm_max_in_flight,
+                cache_path=ctx.cache_path, structured_outputs=ctx.llm_structured_outputs,
+            )
+            _shared[ctx] = Resources(ctx, llm, InstructionDeduper(ctx.dedup_threshold))
+        return _shared[ctx]

@@ -1,0 +1,145 @@
+"""Run a synthesis graph over many samples: bounded concurrency, one writer, resumable, sharded.
+
+Sample `i` of a run belongs to shard `i % num_shards`, so shards never overlap. Samples already in
+the output (or rejected) are skipped, finished LLM calls come back from the cache, and each result
+is appended by this one coroutine as soon as it is known — so a run killed at any moment and
+started again ends with every sample exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from agents.samples import JsonlWriter, read_jsonl
+from graphs.context import SynthContext
+from graphs.resources import resources
+
+KINDS = {"selflong": "long_input", "backtranslation": "long_output", "acer": "acer"}
+
+
+class RunStopped(Exception):
+    """The run was stopped early because too many samples failed."""
+
+
+@dataclass
+class RunSummary:
+    """Counts and rates of one run, printed at its end."""
+
+    samples: int = 0
+    rejected: int = 0
+    already_done: int = 0
+    calls: int = 0
+    cached_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    sample_tokens: int = 0
+    peak_in_flight: int = 0
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        """The closing summary."""
+        per_hour = self.samples / self.seconds * 3600 if self.seconds else 0.0
+        return (
+            f"samples={self.samples} rejected={self.rejected} already_done={self.already_done} "
+            f"calls={self.calls} cached_calls={self.cached_calls} tokens_in={self.prompt_tokens} "
+            f"tokens_out={self.completion_tokens} sample_tokens={self.sample_tokens} "
+            f"peak_in_flight={self.peak_in_flight} seconds={self.seconds:.1f} samples_per_hour={per_hour:.0f}"
+        )
+
+
+def make_jobs(mode: str, num_samples: int, target_lengths: Sequence[int], shard: int, num_shards: int,
+              acer_records: Sequence[dict[str, str]] = ()) -> list[dict[str, Any]]:
+    """Graph inputs of this shard: sample i gets target length `target_lengths[i % len]`."""
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"synth.shard={shard} must be in [0, synth.num_shards={num_shards})")
+    if mode == "acer":
+        items = [{"index": i, **r} for i, r in enumerate(acer_records)]
+        for item in items:
+            item["target_tokens"] = None if item["context"] else target_lengths[item["index"] % len(target_lengths)]
+    elif mode == "backtranslation":
+        items = [{"index": i} for i in range(num_samples)]
+    else:
+        items = [{"index": i, "target_tokens": target_lengths[i % len(target_lengths)]} for i in range(num_samples)]
+    return [item for item in items if item["index"] % num_shards == shard]
+
+
+def output_paths(out_dir: str | Path, shard: int, num_shards: int) -> tuple[Path, Path]:
+    """(samples, rejected) JSONL paths of a shard."""
+    suffix = "" if num_shards == 1 else f".shard{shard}-of-{num_shards}"
+    out = Path(out_dir)
+    return out / f"samples{suffix}.jsonl", out / f"rejected{suffix}.jsonl"
+
+
+async def run_jobs(graph, ctx: SynthContext, mode: str, jobs: Sequence[dict[str, Any]], samples_path: Path,
+                   rejected_path: Path, samples_in_flight: int = 32, max_error_rate: float = 0.5,
+                   min_finished_for_stop: int = 20, progress: bool = True) -> RunSummary:
+    """Run `graph` once per job and append results; returns the summary.
+
+    Raises InputError (from the preflight) before anything is written when the endpoint is
+    unusable, and RunStopped when the rejection rate passes `max_error_rate`.
+    """
+    start = time.perf_counter()
+    kind = KINDS[mode]
+    res = resources(ctx)
+    await res.llm.preflight()
+    samples, rejected = JsonlWriter(samples_path), JsonlWriter(rejected_path)
+    if kind == "long_input":
+        for record in read_jsonl(samples.path):
+            res.deduper.add(record["instruction"])
+    ids = {id(job): ctx.sample_id(kind, job["index"], job.get("target_tokens")) for job in jobs}
+    todo = [job for job in jobs if ids[id(job)] not in samples.ids and ids[id(job)] not in rejected.ids]
+    summary = RunSummary(already_done=len(jobs) - len(todo))
+    gate = asyncio.Semaphore(samples_in_flight)
+    config = {"recursion_limit": 30 + 10 * ctx.qfs_max_depth, "max_concurrency": ctx.llm_max_in_flight}
+
+    async def one(job: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        async with gate:
+            try:
+                return job, await graph.ainvoke(job, config=config, context=ctx)
+            except Exception as err:  # a bug or an unexpected library error fails this sample only
+                return job, {"rejection": {"step": "graph", "reason": f"{type(err).__name__}: {err}"}}
+
+    tasks = [asyncio.create_task(one(job)) for job in todo]
+    bar = tqdm(total=len(jobs), initial=summary.already_done, unit="sample", disable=not progress, desc=mode)
+    try:
+        for next_done in asyncio.as_completed(tasks):
+            job, out = await next_done
+            if out.get("sample"):
+                samples.write(out["sample"])
+                summary.samples += 1
+                summary.sample_tokens += out["sample"]["n_tokens"]
+            else:
+                reason = out.get("rejection") or {"step": "graph", "reason": "no sample and no rejection"}
+                rejected.write({"id": ids[id(job)], "kind": kind, "index": job["index"],
+                                "target_tokens": job.get("target_tokens"), **reason})
+                summary.rejected += 1
+            bar.update(1)
+            bar.set_postfix(done=summary.samples, rejected=summary.rejected, in_flight=res.llm.stats.in_flight,
+                            tokens=summary.sample_tokens, refresh=False)
+            finished = summary.samples + summary.rejected
+            if finished >= min_finished_for_stop and summary.rejected / finished > max_error_rate:
+                raise RunStopped(
+                    f"stopped: {summary.rejected} of {finished} samples rejected (> synth.max_error_rate="
+                    f"{max_error_rate}); reasons are in {rejected_path}"
+                )
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        bar.close()
+        samples.close()
+        rejected.close()
+        stats = res.llm.stats
+        summary.calls, summary.cached_calls = stats.calls, stats.cached
+        summary.prompt_tokens, summary.completion_tokens = stats.prompt_tokens, stats.completion_tokens
+        summary.peak_in_flight = stats.peak_in_flight
+        summary.seconds = time.perf_counter() - start
+        await res.llm.aclose()
+    return summary
