@@ -47,6 +47,8 @@ class SynthContext:
     # Seed of every random choice (seed chunks, document order).
     seed: int = 0
     shuffle_documents: bool = True
+    # A document longer than this share of the target is cut, so every sample spans several.
+    max_document_share: float = 0.5
     doc_header: str = "Document {index}: {title}"
     instruction_position: str = "after"
     instruction_min_words: int = 8

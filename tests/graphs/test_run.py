@@ -1,0 +1,69 @@
+"""The runner: many samples at once, faults, the request cap, shards, early stop."""
+
+import asyncio
+import json
+
+import pytest
+
+from agents.samples import read_jsonl
+from graphs import synthesis
+from graphs.context import SynthContext
+from graphs.run import RunStopped, make_jobs, output_paths, run_jobs
+
+
+def _ctx(server, topics_index, tiny_tokenizer, tmp_path, **kw):
+    store, spec = topics_index
+    settings = dict(
+        llm_base_url=server.url, llm_model="scripted", llm_timeout=0.5, llm_max_retries=3, llm_max_in_flight=4,
+        cache_path=str(tmp_path / "cache.sqlite"), store_path=store, corpus="python_docs",
+        embedder=json.dumps(spec, sort_keys=True), tokenizer=tiny_tokenizer, qfs_chunk_tokens=1024,
+        qfs_budget_tokens=2048,
+    )
+    settings.update(kw)
+    return SynthContext(**settings)
+
+
+def _run(ctx, jobs, tmp_path, **kw):
+    samples, rejected = output_paths(tmp_path / "out", 0, 1)
+    summary = asyncio.run(run_jobs(synthesis.graph, ctx, "selflong", jobs, samples, rejected, progress=False, **kw))
+    return summary, read_jsonl(samples), read_jsonl(rejected)
+
+
+def test_30_percent_faults_every_seed_is_a_sample_or_a_reasoned_rejection(server, topics_index, tiny_tokenizer, tmp_path):
+    server.control.fault_rate, server.control.fault_seed, server.control.timeout_sleep = 0.3, 7, 1.0
+    ctx = _ctx(server, topics_index, tiny_tokenizer, tmp_path)
+    jobs = make_jobs("selflong", 12, [2000, 3000], 0, 1)
+    summary, samples, rejected = _run(ctx, jobs, tmp_path, max_error_rate=1.0)
+    assert set(server.control.faults) == set(server.control.fault_kinds)  # every kind was injected
+    ids = {ctx.sample_id("long_input", j["index"], j["target_tokens"]) for j in jobs}
+    assert {s["id"] for s in samples} | {r["id"] for r in rejected} == ids
+    assert len(samples) + len(rejected) == 12 and summary.samples == len(samples) > 0
+    for r in rejected:
+        assert r["step"] in {"instruction", "retrieve", "qfs", "answer"} and r["reason"]
+    assert server.control.peak_in_flight <= 4
+
+
+def test_request_cap_holds_under_load(server, topics_index, tiny_tokenizer, tmp_path):
+    server.control.chat_latency = 0.02
+    ctx = _ctx(server, topics_index, tiny_tokenizer, tmp_path, llm_max_in_flight=3, llm_timeout=5.0)
+    summary, samples, _ = _run(ctx, make_jobs("selflong", 6, [3000], 0, 1), tmp_path)
+    assert len(samples) == 6 and server.control.peak_in_flight == 3 and summary.peak_in_flight == 3
+
+
+def test_shards_are_disjoint_and_cover_the_run():
+    all_jobs = make_jobs("selflong", 10, [100, 200], 0, 1)
+    shards = [make_jobs("selflong", 10, [100, 200], s, 3) for s in range(3)]
+    indices = [j["index"] for shard in shards for j in shard]
+    assert sorted(indices) == list(range(10)) and len(set(indices)) == 10
+    assert all(j["target_tokens"] == (100 if j["index"] % 2 == 0 else 200) for j in all_jobs)
+    with pytest.raises(ValueError, match=r"synth.shard=3 must be in \[0, synth.num_shards=3\)"):
+        make_jobs("selflong", 10, [100], 3, 3)
+
+
+def test_run_stops_when_too_many_samples_fail(server, topics_index, tiny_tokenizer, tmp_path):
+    server.control.fault_rate, server.control.fault_kinds = 1.0, ("empty",)
+    ctx = _ctx(server, topics_index, tiny_tokenizer, tmp_path, llm_timeout=5.0)
+    with pytest.raises(RunStopped, match=r"samples rejected \(> synth.max_error_rate=0.5\)"):
+        _run(ctx, make_jobs("selflong", 40, [2000], 0, 1), tmp_path, min_finished_for_stop=5)
+    rejected = read_jsonl(tmp_path / "out" / "rejected.jsonl")
+    assert 5 <= len(rejected) < 40

@@ -1,0 +1,110 @@
+"""The three graphs, run once per sample against the scripted server and a real Chroma index."""
+
+import asyncio
+import json
+
+import pytest
+
+from agents.tokens import ChatTokenCounter
+from graphs import acer, backtranslation, synthesis
+from graphs.context import SynthContext
+from graphs.resources import resources
+
+
+def _ctx(server, topics_index, tiny_tokenizer, tmp_path, **kw) -> SynthContext:
+    store, spec = topics_index
+    settings = dict(
+        llm_base_url=server.url, llm_model="scripted", llm_timeout=5.0, llm_max_retries=2,
+        cache_path=str(tmp_path / "cache.sqlite"), store_path=store, corpus="python_docs",
+        embedder=json.dumps(spec, sort_keys=True), tokenizer=tiny_tokenizer,
+        qfs_chunk_tokens=1024, qfs_budget_tokens=2048,
+    )
+    settings.update(kw)
+    return SynthContext(**settings)
+
+
+def _invoke(graph, ctx, job):
+    async def go():
+        try:
+            return await graph.ainvoke(job, config={"recursion_limit": 80, "max_concurrency": 8}, context=ctx)
+        finally:
+            await resources(ctx).llm.aclose()
+
+    return asyncio.run(go())
+
+
+def test_long_input_sample_hits_its_target_length(server, topics_index, tiny_tokenizer, tmp_path):
+    ctx = _ctx(server, topics_index, tiny_tokenizer, tmp_path)
+    out = _invoke(synthesis.graph, ctx, {"index": 0, "target_tokens": 6000})
+    assert out["rejection"] is None, out["rejection"]
+    sample = out["sample"]
+    counter = ChatTokenCounter(tiny_tokenizer)
+    assert counter.count_messages(sample["messages"]) == sample["n_tokens"]
+    assert abs(sample["n_tokens"] - 6000) <= 0.02 * 6000
+    assert sample["kind"] == "long_input" and sample["id"] == ctx.sample_id("long_input", 0, 6000)
+    user, assistant = (m["content"] for m in sample["messages"])
+    assert user.startswith("Document 1: ") and user.endswith(sample["instruction"])
+    assert "Relevant notes:" not in user  # raw documents, never the summaries
+    assert assistant.startswith("Drawing on several documents")
+    assert len(sample["doc_ids"]) >= 2 and sample["provenance"]["qfs_depth"] >= 1
+    assert sample["provenance"]["calls"] >= 3 and sample["provenance"]["tokenizer"] == counter.name
+
+
+def test_qfs_recurses_on_long_inputs_with_small_budgets(server, topics_index, tiny_tokenizer, tmp_path):
+    ctx = _ctx(server, topics_index, tiny_tokenizer, tmp_path, qfs_chunk_tokens=512, qfs_budget_tokens=200)
+    out = _invoke(synthesis.graph, ctx, {"index": 1, "target_tokens": 8000})
+    assert out["rejection"] is None, out["rejection"]
+    assert out["sample"]["provenance"]["qfs_depth"] >= 2
+
+
+def test_depth_cap_stops_the_recursion(server, topics_index, tiny_tokenizer, tmp_path):
+    ctx = _ctx(server, topics_index, tiny_tokenizer, tmp_path, qfs_chunk_tokens=512, qfs_budget_tokens=10, qfs_max_depth=2)
+    out = _invoke(synthesis.graph, ctx, {"index": 2, "target_tokens": 4000})
+    assert out["sample"]["provenance"]["qfs_depth"] == 2
+
+
+def test_a_refusing_endpoint_gives_a_rejection_with_step_and_reason(server, topics_index, tiny_tokenizer, tmp_path):
+    server.control.fault_rate, server.control.fault_kinds = 1.0, ("refusal",)
+    ctx = _ctx(server, topics_index, tiny_tokenizer, tmp_path)
+    out = _invoke(synthesis.graph, ctx, {"index": 3, "target_tokens": 3000})
+    assert out["sample"] is None
+    assert out["rejection"]["step"] == "instruction" and "refusal" in out["rejection"]["reason"]
+
+
+def test_target_larger_than_the_index_is_rejected(server, topics_index, tiny_tokenizer, tmp_path):
+    ctx = _ctx(server, topics_index, tiny_tokenizer, tmp_path)
+    out = _invoke(synthesis.graph, ctx, {"index": 4, "target_tokens": 10_000_000})
+    assert out["rejection"]["step"] == "retrieve" and "for a target of 10000000" in out["rejection"]["reason"]
+
+
+def test_backtranslation_makes_a_long_output_sample(server, topics_index, tiny_tokenizer, tmp_path):
+    ctx = _ctx(server, topics_index, tiny_tokenizer, tmp_path, backtranslation_min_tokens=1000,
+               backtranslation_max_tokens=20000)
+    out = _invoke(backtranslation.graph, ctx, {"index": 0})
+    assert out["rejection"] is None, out["rejection"]
+    sample = out["sample"]
+    user, assistant = (m["content"] for m in sample["messages"])
+    assert sample["kind"] == "long_output" and user.startswith("Write a long, detailed technical document")
+    assert 1000 <= ChatTokenCounter(tiny_tokenizer).count(assistant) <= 20000
+
+
+@pytest.mark.parametrize("ranker", ["embedding", "bm25"])
+def test_acer_answers_from_top_chunks_and_trains_on_the_full_context(server, topics_index, tiny_tokenizer, tmp_path, ranker):
+    ctx = _ctx(server, topics_index, tiny_tokenizer, tmp_path, acer_ranker=ranker, acer_chunk_tokens=64, acer_top_m=3)
+    context = " ".join(f"Filler sentence number {i} about nothing in particular." for i in range(200))
+    context += " The secret harbour of Valdoria opens at dawn for fishing boats."
+    out = _invoke(acer.graph, ctx, {"index": 0, "question": "When does the harbour of Valdoria open?", "context": context})
+    sample = out["sample"]
+    user, assistant = (m["content"] for m in sample["messages"])
+    assert user == f"{context}\n\nQuestion: When does the harbour of Valdoria open?"
+    assert "Valdoria" in assistant.split("Answer:")[0]  # the top-ranked passage held the fact
+    assert sample["kind"] == "acer" and "\n\nAnswer: " in assistant
+
+
+def test_acer_retrieves_when_no_context_is_given(server, topics_index, tiny_tokenizer, tmp_path):
+    ctx = _ctx(server, topics_index, tiny_tokenizer, tmp_path, acer_ranker="bm25")
+    out = _invoke(acer.graph, ctx, {"index": 1, "question": "How does the assert statement work?", "context": "",
+                                     "target_tokens": 3000})
+    sample = out["sample"]
+    assert sample["doc_ids"] and sample["messages"][0]["content"].startswith("Document 1: ")
+    assert sample["n_tokens"] <= 3000 + 200
