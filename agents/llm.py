@@ -191,7 +191,7 @@ class LLMClient:
         if self.seed is not None:
             params["seed"] = self.seed
         key = request_key(params)
-        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+        if self.cache is not None and (hit := await asyncio.to_thread(self.cache.get, key)) is not None:
             self.stats.cached += 1
             return hit["content"]
         client, cap = self._loop_state()
@@ -235,5 +235,5 @@ class LLMClient:
             self.stats.failures += 1
             raise LLMFailure("empty content")
         if self.cache is not None:
-            self.cache.put(key, {"content": content, "finish_reason": choice.finish_reason})
+            await asyncio.to_thread(self.cache.put, key, {"content": content, "finish_reason": choice.finish_reason})
         return content

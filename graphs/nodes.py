@@ -105,10 +105,9 @@ async def retrieve(state: SynthState, runtime: Runtime[SynthContext]) -> dict[st
 async def plan_qfs(state: SynthState, runtime: Runtime[SynthContext]) -> dict[str, Any]:
     """Level 0 of QFS: the documents packed into chunks of at most `qfs_chunk_tokens`."""
     ctx = runtime.context
-    counter = resources(ctx).counter
     texts = [f"{ctx.doc_header.format(index=i + 1, title=d['title'])}\n{d['text']}"
              for i, d in enumerate(state["documents"])]
-    pieces = await asyncio.to_thread(pack, counter, texts, ctx.qfs_chunk_tokens)
+    pieces = await asyncio.to_thread(lambda: pack(resources(ctx).counter, texts, ctx.qfs_chunk_tokens))
     return {"pieces": pieces, "level": 0}
 
 
@@ -141,10 +140,9 @@ async def collect(state: SynthState, runtime: Runtime[SynthContext]) -> dict[str
     texts = [s["text"] for s in current if s["text"]]
     if not texts:
         return _reject("qfs", "nothing relevant to the instruction in the retrieved documents")
-    counter = resources(ctx).counter
-    total = await asyncio.to_thread(lambda: sum(counter.count(t) for t in texts))
+    total = await asyncio.to_thread(lambda: sum(resources(ctx).counter.count(t) for t in texts))
     if total > ctx.qfs_budget_tokens and level + 1 < ctx.qfs_max_depth:
-        pieces = await asyncio.to_thread(pack, counter, texts, ctx.qfs_chunk_tokens)
+        pieces = await asyncio.to_thread(lambda: pack(resources(ctx).counter, texts, ctx.qfs_chunk_tokens))
         return {"pieces": pieces, "level": level + 1}
     return {"pieces": [], "level": level + 1, "notes": texts}
 
@@ -163,7 +161,7 @@ async def answer(state: SynthState, runtime: Runtime[SynthContext]) -> dict[str,
     ctx = runtime.context
     res = resources(ctx)
     notes = "\n\n".join(state["notes"])
-    notes = await asyncio.to_thread(res.counter.truncate, notes, ctx.qfs_budget_tokens)
+    notes = await asyncio.to_thread(lambda: res.counter.truncate(notes, ctx.qfs_budget_tokens))
     messages = [{"role": "system", "content": SYSTEM_PROMPT},
                 {"role": "user", "content": ANSWER_PROMPT.format(notes=notes, instruction=state["instruction"])}]
     try:
@@ -236,9 +234,10 @@ async def backtranslate(state: SynthState, runtime: Runtime[SynthContext]) -> di
     if problem:
         return {"calls": 1, **_reject("backtranslate", problem)}
     messages = messages_for(text, doc["text"])
-    n = await asyncio.to_thread(res.counter.count_messages, messages)
-    record = _record(ctx, state, "long_output", messages, n, [doc["id"]], text, calls=1, qfs_depth=0,
-                     seed_chunk=None)
+    record = await asyncio.to_thread(
+        lambda: _record(ctx, state, "long_output", messages, res.counter.count_messages(messages), [doc["id"]],
+                        text, calls=1, qfs_depth=0, seed_chunk=None)
+    )
     return {"sample": record, "rejection": None, "calls": 1}
 
 
@@ -287,7 +286,9 @@ async def acer_assemble(state: SynthState, runtime: Runtime[SynthContext]) -> di
     """Full context + question → reasoned answer."""
     ctx = runtime.context
     messages = messages_for(f"{state['context']}\n\nQuestion: {state['question']}", state["answer"])
-    n = await asyncio.to_thread(resources(ctx).counter.count_messages, messages)
-    record = _record(ctx, state, "acer", messages, n, [d["id"] for d in state.get("documents", [])],
-                     state["question"], calls=state["calls"], qfs_depth=0, seed_chunk=None)
+    record = await asyncio.to_thread(
+        lambda: _record(ctx, state, "acer", messages, resources(ctx).counter.count_messages(messages),
+                        [d["id"] for d in state.get("documents", [])], state["question"], calls=state["calls"],
+                        qfs_depth=0, seed_chunk=None)
+    )
     return {"sample": record, "rejection": None}
