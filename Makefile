@@ -24,6 +24,18 @@ demo: $(STAMP)
 	$(PY) index.py store.path=$(DEMO_DIR)/chroma
 	$(PY) index.py store.path=$(DEMO_DIR)/chroma top_k=3 \
 		'query=["How do I catch an exception and re-raise it?","What does the yield keyword do in a function?","How can I read a CSV file?"]'
+ifdef SELFLONG_LLM_URL
+	$(PY) synthesize.py store.path=$(DEMO_DIR)/chroma synth.out_dir=$(DEMO_DIR)/synth synth.num_samples=4 \
+		'synth.target_lengths=[16384]' synth.qfs_chunk_tokens=2048 synth.qfs_budget_tokens=4096
+	$(PY) -c "import json; s = json.loads(open('$(DEMO_DIR)/synth/samples.jsonl').readline()); \
+		print('first sample:', s['n_tokens'], 'tokens from', len(s['doc_ids']), 'documents; instruction:', s['instruction'])"
+else
+	@echo
+	@echo "Synthesis skipped: no endpoint configured. Point it at any OpenAI-compatible server, e.g."
+	@echo "  vllm serve meta-llama/Llama-3.1-8B-Instruct --port 8000"
+	@echo "  SELFLONG_LLM_URL=http://127.0.0.1:8000/v1 SELFLONG_LLM_MODEL=meta-llama/Llama-3.1-8B-Instruct make demo"
+	@echo "(OPENAI_API_KEY is read from the environment when the server needs a key.)"
+endif
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

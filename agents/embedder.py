@@ -7,12 +7,12 @@ the paper's) put a task prefix on queries only.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import os
-import weakref
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
@@ -185,7 +185,8 @@ class OpenAIEmbedder:
         self.tokenizer = tokenizer
         self.dimensions = dimensions
         self._dimension: int | None = None
-        self._clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._sync_client = None
+        self._lock = threading.Lock()
 
     @property
     def tokenizer_path(self) -> str:
@@ -206,44 +207,42 @@ class OpenAIEmbedder:
         return self._dimension
 
     def _client(self):
-        from openai import AsyncOpenAI
+        """One synchronous client for the process (httpx's pool is thread-safe)."""
+        with self._lock:
+            if self._sync_client is None:
+                from openai import OpenAI
 
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            client = AsyncOpenAI(
-                base_url=self.base_url,
-                api_key=os.environ.get(self.api_key_env) or "EMPTY",
-                timeout=self.timeout,
-                max_retries=self.max_retries,
-            )
-            self._clients[loop] = client
-        return client
+                self._sync_client = OpenAI(
+                    base_url=self.base_url,
+                    api_key=os.environ.get(self.api_key_env) or "EMPTY",
+                    timeout=self.timeout,
+                    max_retries=self.max_retries,
+                )
+            return self._sync_client
 
-    async def _embed_batch(self, texts: list[str], gate: asyncio.Semaphore) -> np.ndarray:
+    def _embed_batch(self, texts: list[str]) -> np.ndarray:
         import openai
 
         kwargs = {"dimensions": self.dimensions} if self.dimensions else {}
-        async with gate:
-            try:
-                response = await self._client().embeddings.create(
-                    model=self.model, input=texts, encoding_format="float", **kwargs
-                )
-            except openai.APIConnectionError as err:
-                raise InputError(
-                    f"embeddings endpoint {self.base_url} is unreachable ({err.__class__.__name__}): "
-                    "check embedder.base_url and that the server is running"
-                ) from None
-            except openai.AuthenticationError:
-                raise InputError(
-                    f"embeddings endpoint {self.base_url} rejected the API key: set the environment "
-                    f"variable {self.api_key_env}"
-                ) from None
-            except openai.APIStatusError as err:
-                raise InputError(
-                    f"embeddings endpoint {self.base_url} answered HTTP {err.status_code} for model "
-                    f"{self.model!r}: {err.message}"
-                ) from None
+        try:
+            response = self._client().embeddings.create(
+                model=self.model, input=texts, encoding_format="float", **kwargs
+            )
+        except openai.APIConnectionError as err:
+            raise InputError(
+                f"embeddings endpoint {self.base_url} is unreachable ({err.__class__.__name__}): "
+                "check embedder.base_url and that the server is running"
+            ) from None
+        except openai.AuthenticationError:
+            raise InputError(
+                f"embeddings endpoint {self.base_url} rejected the API key: set the environment "
+                f"variable {self.api_key_env}"
+            ) from None
+        except openai.APIStatusError as err:
+            raise InputError(
+                f"embeddings endpoint {self.base_url} answered HTTP {err.status_code} for model "
+                f"{self.model!r}: {err.message}"
+            ) from None
         data = sorted(response.data, key=lambda d: d.index)
         if len(data) != len(texts):
             raise InputError(
@@ -251,30 +250,16 @@ class OpenAIEmbedder:
             )
         return np.asarray([d.embedding for d in data], dtype=np.float32)
 
-    async def aembed(self, texts: Sequence[str], prefix: str = "") -> np.ndarray:
-        """Embed texts in concurrent batches of `batch_size`, `[N, D]` normalised."""
-        batch = [prefix + t for t in texts]
-        gate = asyncio.Semaphore(self.max_concurrency)
-        parts = await asyncio.gather(
-            *(
-                self._embed_batch(batch[i : i + self.batch_size], gate)
-                for i in range(0, len(batch), self.batch_size)
-            )
-        )
-        return _normalise(np.concatenate(parts, axis=0)) if parts else np.zeros((0, 0), np.float32)
-
     def _run(self, texts: Sequence[str], prefix: str) -> np.ndarray:
-        """Synchronous entry: one event loop for the call, its client closed at the end."""
-
-        async def embed_and_close() -> np.ndarray:
-            try:
-                return await self.aembed(texts, prefix)
-            finally:
-                client = self._clients.pop(asyncio.get_running_loop(), None)
-                if client is not None:
-                    await client.close()
-
-        return asyncio.run(embed_and_close())
+        """Embed in batches of `batch_size`, up to `max_concurrency` requests at once; `[N, D]` normalised."""
+        batch = [prefix + t for t in texts]
+        parts = [batch[i : i + self.batch_size] for i in range(0, len(batch), self.batch_size)]
+        if len(parts) <= 1 or self.max_concurrency <= 1:
+            vectors = [self._embed_batch(p) for p in parts]
+        else:
+            with ThreadPoolExecutor(self.max_concurrency) as pool:
+                vectors = list(pool.map(self._embed_batch, parts))
+        return _normalise(np.concatenate(vectors, axis=0)) if vectors else np.zeros((0, 0), np.float32)
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings of corpus chunks, `[N, D]`."""

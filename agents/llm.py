@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -80,6 +81,7 @@ class LLMClient:
         self.structured_outputs = structured_outputs
         self.seed = seed
         self.stats = LLMStats()
+        self._cache_thread = ThreadPoolExecutor(1, thread_name_prefix="llm-cache")
         self._per_loop: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def _loop_state(self) -> tuple[Any, asyncio.Semaphore]:
@@ -177,6 +179,11 @@ class LLMClient:
                 self.structured_outputs = False  # this endpoint gets plain text from now on
         return await self._complete(messages, None, max_tokens)
 
+    async def _cache_io(self, fn, *args):
+        """Run a cache read or write on the cache's own thread: off the event loop, and never queued
+        behind the retrieval and tokenization work in the default executor."""
+        return await asyncio.get_running_loop().run_in_executor(self._cache_thread, fn, *args)
+
     async def _complete(self, messages: Messages, response_format: dict | None, max_tokens: int | None) -> str:
         import openai
 
@@ -191,7 +198,7 @@ class LLMClient:
         if self.seed is not None:
             params["seed"] = self.seed
         key = request_key(params)
-        if self.cache is not None and (hit := await asyncio.to_thread(self.cache.get, key)) is not None:
+        if self.cache is not None and (hit := await self._cache_io(self.cache.get, key)) is not None:
             self.stats.cached += 1
             return hit["content"]
         client, cap = self._loop_state()
@@ -235,5 +242,5 @@ class LLMClient:
             self.stats.failures += 1
             raise LLMFailure("empty content")
         if self.cache is not None:
-            await asyncio.to_thread(self.cache.put, key, {"content": content, "finish_reason": choice.finish_reason})
+            await self._cache_io(self.cache.put, key, {"content": content, "finish_reason": choice.finish_reason})
         return content

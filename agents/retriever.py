@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agents.embedder import Embedder
-from agents.store import ChromaStore, RetrievedDocument
+from agents.store import ChromaStore, RetrievedDocument, _retrieved
 
 
 class Retriever:
@@ -24,22 +24,29 @@ class Retriever:
         """The `k` documents whose best chunk is closest to `query`, best first, with scores."""
         return self.store.search(self.embedder.embed_queries([query])[0], k)
 
-    def gather(self, query: str, budget_tokens: int, count: Callable[[str], int]) -> list[tuple[RetrievedDocument, int]]:
-        """Documents for `query`, best first, until their token counts (by `count`) reach the budget.
+    def gather(self, query: str, budget_tokens: int, count: Callable[[str], int], cap: int | None = None,
+               fetch: int = 4) -> list[tuple[RetrievedDocument, int]]:
+        """Documents for `query`, best first, until their token counts (by `count`, each at most
+        `cap` when given) reach the budget.
 
-        Returns fewer when the whole collection holds less; each with its token count.
+        Texts are rebuilt `fetch` documents at a time, only as far as needed. Returns fewer when the
+        whole collection holds less; each with its token count.
         """
-        k, counts = 16, {}
+        vector = self.embedder.embed_queries([query])[0]
+        k, picked, total = 16, [], 0
         while True:
-            found = self.search(query, k)
-            picked, total = [], 0
-            for doc in found:
-                n = counts.setdefault(doc.id, count(doc.text))
-                picked.append((doc, n))
-                total += n
-                if total >= budget_tokens:
-                    return picked
-            if len(found) < k:
+            ranked = self.store.rank(vector, k)
+            for i in range(len(picked), len(ranked), fetch):
+                part = ranked[i : i + fetch]
+                texts = self.store.documents([d for d, _, _, _ in part])
+                for doc_id, score, chunk, meta in part:
+                    doc = _retrieved(doc_id, texts[doc_id], score, chunk, meta)
+                    n = count(doc.text)
+                    picked.append((doc, n))
+                    total += n if cap is None else min(n, cap)
+                    if total >= budget_tokens:
+                        return picked
+            if len(ranked) < k:
                 return picked
             k *= 2
 

@@ -200,8 +200,9 @@ class ChromaStore:
         got = self.chunks.get(limit=1, offset=offset, include=["documents"])
         return got["ids"][0], got["documents"][0]
 
-    def search(self, query_embedding: np.ndarray, k: int) -> list[RetrievedDocument]:
-        """The `k` complete documents whose best chunk is closest to the query, best first."""
+    def rank(self, query_embedding: np.ndarray, k: int) -> list[tuple[str, float, int, dict]]:
+        """The `k` complete documents whose best chunk is closest to the query, best first:
+        (doc id, cosine similarity of the best chunk, its index, registry metadata)."""
         total = self.chunks.count()
         if total == 0 or k <= 0:
             return []
@@ -212,25 +213,29 @@ class ChromaStore:
                 n_results=n,
                 include=["metadatas", "distances"],
             )
-            best: dict[str, tuple[float, dict]] = {}
+            best: dict[str, tuple[float, int]] = {}
             for m, dist in zip(found["metadatas"][0], found["distances"][0]):
-                best.setdefault(m["doc_id"], (1.0 - float(dist), m))
+                best.setdefault(m["doc_id"], (1.0 - float(dist), int(m["chunk_index"])))
             complete = self.registered(list(best))
-            ranked = [(d, s, m) for d, (s, m) in best.items() if d in complete]
+            ranked = [(d, s, c, complete[d]) for d, (s, c) in best.items() if d in complete]
             if len(ranked) >= k or n >= total:
-                break
+                return ranked[:k]
             n = min(total, n * 4)
-        ranked = ranked[:k]
-        texts = self.documents([d for d, _, _ in ranked])
-        return [
-            RetrievedDocument(
-                id=d,
-                text=texts[d],
-                score=score,
-                source=str(complete[d].get("source", "")),
-                title=str(complete[d].get("title", "")),
-                n_tokens=int(complete[d].get("n_tokens", 0)),
-                best_chunk=int(m["chunk_index"]),
-            )
-            for d, score, m in ranked
-        ]
+
+    def search(self, query_embedding: np.ndarray, k: int) -> list[RetrievedDocument]:
+        """The `k` best documents (see `rank`), whole, with their scores."""
+        ranked = self.rank(query_embedding, k)
+        texts = self.documents([d for d, _, _, _ in ranked])
+        return [_retrieved(d, texts[d], score, chunk, meta) for d, score, chunk, meta in ranked]
+
+
+def _retrieved(doc_id: str, text: str, score: float, chunk: int, meta: dict) -> RetrievedDocument:
+    return RetrievedDocument(
+        id=doc_id,
+        text=text,
+        score=score,
+        source=str(meta.get("source", "")),
+        title=str(meta.get("title", "")),
+        n_tokens=int(meta.get("n_tokens", 0)),
+        best_chunk=chunk,
+    )

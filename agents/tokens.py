@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from tokenizers import Tokenizer
+
 from agents.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -37,9 +39,17 @@ class ChatTokenCounter:
         self.name = path.name
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         self.chat_template = chat_template or getattr(self.tokenizer, "chat_template", None) or DEFAULT_CHAT_TEMPLATE
+        # the Rust tokenizer itself, without truncation: counting skips the Python wrapper's overhead
+        self._fast = Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
+        self._fast.no_truncation()
+        self._fast.no_padding()
+
+    def _encode(self, text: str):
+        # encode_batch releases the GIL, so tokenization in worker threads runs in parallel
+        return self._fast.encode_batch([text], add_special_tokens=False)[0]
 
     def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        return self._encode(text).ids
 
     def count(self, text: str) -> int:
         """Tokens in a plain text."""
@@ -54,9 +64,7 @@ class ChatTokenCounter:
         return self.count(self.render(messages))
 
     def _offsets(self, text: str) -> list[tuple[int, int]]:
-        return self.tokenizer(
-            text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
-        )["offset_mapping"]
+        return self._encode(text).offsets
 
     def truncate(self, text: str, n_tokens: int) -> str:
         """The longest prefix of `text` holding at most `n_tokens` tokens."""

@@ -89,8 +89,9 @@ async def retrieve(state: SynthState, runtime: Runtime[SynthContext]) -> dict[st
     def work() -> dict[str, Any]:
         counter = res.counter
         cap = max(1, int(ctx.max_document_share * state["target_tokens"]))
-        found = res.retriever.gather(state["instruction"], state["target_tokens"], lambda t: min(counter.count(t), cap))
-        docs = [SourceDocument(d.id, d.title or d.source, counter.truncate(d.text, cap)) for d, _ in found]
+        found = res.retriever.gather(state["instruction"], state["target_tokens"], counter.count, cap)
+        docs = [SourceDocument(d.id, d.title or d.source, counter.truncate(d.text, cap) if n > cap else d.text)
+                for d, n in found]
         if ctx.shuffle_documents:
             _rng(ctx, state["index"], "order").shuffle(docs)
         _, n, kept = fit_documents(counter, state["instruction"], docs, "", state["target_tokens"],

@@ -83,6 +83,7 @@ def topics_index(tmp_path_factory, embed_server, minilm_tokenizer):
     from agents.indexer import index_corpus
     from agents.store import ChromaStore
 
+    embed_server.control.reset()  # an earlier test may have left faults set
     spec = {"_target_": "agents.embedder.OpenAIEmbedder", "model": "hash-embed", "base_url": embed_server.url,
             "name": "hash-embed", "query_prefix": "", "max_retries": 0, "tokenizer": minilm_tokenizer}
     embedder = OpenAIEmbedder(**{k: v for k, v in spec.items() if k != "_target_"})

@@ -56,16 +56,20 @@ class ServerControl:
     in_flight: int = 0
     peak_in_flight: int = 0
     faults: dict[str, int] = field(default_factory=dict)  # fault kind -> times injected
+    bodies: list[dict] = field(default_factory=list)  # chat request bodies, when record_bodies
+    record_bodies: bool = False
+    busy_seconds: float = 0.0  # summed duration of chat requests (mean in flight = busy / wall)
     _rng: random.Random | None = None
 
     def reset(self) -> None:
         """Back to a healthy, fast, open server with zeroed counters."""
         fresh = ServerControl()
         for name in self.__dataclass_fields__:
-            if name not in ("inputs", "faults", "in_flight"):  # requests of an earlier test may still run
+            if name not in ("inputs", "faults", "bodies", "in_flight"):  # an earlier test's requests may still run
                 setattr(self, name, getattr(fresh, name))
         self.inputs.clear()
         self.faults.clear()
+        self.bodies.clear()
 
     def draw_fault(self) -> str | None:
         """The fault for the next chat request, if any (seeded, so runs are repeatable)."""
@@ -95,7 +99,7 @@ def scripted_reply(messages: list[dict]) -> tuple[str, bool]:
         return json.dumps({"instruction": text}), True
     if "You are gathering material" in original:
         body = _between(original, "<text>", "</text>")
-        if zlib.crc32(body.encode()) % 7 == 0:
+        if "Relevant notes:" not in body and zlib.crc32(body.encode()) % 7 == 0:  # summaries stay relevant
             return "NOTHING_RELEVANT", False
         return "Relevant notes: " + " ".join(body.split()[:40]), False
     if "Notes gathered from a large collection" in original:
@@ -152,7 +156,10 @@ def build_app(control: ServerControl) -> FastAPI:
         if not authorised(request):
             return JSONResponse({"error": {"message": "invalid api key"}}, status_code=401)
         body = await request.json()
+        began = time.perf_counter()
         control.chat_requests += 1
+        if control.record_bodies:
+            control.bodies.append(body)
         control.in_flight += 1
         control.peak_in_flight = max(control.peak_in_flight, control.in_flight)
         try:
@@ -192,6 +199,20 @@ def build_app(control: ServerControl) -> FastAPI:
             }
         finally:
             control.in_flight -= 1
+            control.busy_seconds += time.perf_counter() - began
+
+    @app.get("/debug/control")
+    async def debug_control():
+        """Counters and recorded bodies, for a benchmark running the server in another process."""
+        return {"chat_requests": control.chat_requests, "peak_in_flight": control.peak_in_flight,
+                "busy_seconds": control.busy_seconds, "bodies": control.bodies}
+
+    @app.post("/debug/reset")
+    async def debug_reset():
+        latency, record = control.chat_latency, control.record_bodies
+        control.reset()
+        control.chat_latency, control.record_bodies = latency, record
+        return {"ok": True}
 
     return app
 
@@ -225,3 +246,20 @@ class RunningServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+def main() -> None:
+    """Serve the scripted endpoint in the foreground: python -m tests.servers --port P [--chat-latency S]."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--chat-latency", type=float, default=0.0)
+    parser.add_argument("--record-bodies", action="store_true")
+    args = parser.parse_args()
+    control = ServerControl(chat_latency=args.chat_latency, record_bodies=args.record_bodies)
+    uvicorn.run(build_app(control), host="127.0.0.1", port=args.port, log_level="warning", lifespan="off")
+
+
+if __name__ == "__main__":
+    main()

@@ -10,6 +10,8 @@ from tests.conftest import ROOT
 
 CONF = ROOT / "conf"
 OPTIONS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml")) for group in ("corpus", "embedder", "chunker", "store")}
+RUN_KEYS = {"mode", "num_samples", "target_lengths", "shard", "num_shards", "out_dir", "samples_in_flight",
+            "max_error_rate", "min_finished_for_stop", "progress", "acer_input"}
 REQUIRED = {"files": ["corpus.path=/tmp/some/docs"]}
 
 
@@ -36,3 +38,30 @@ def test_no_secret_is_read_into_config():
     for path in CONF.rglob("*.yaml"):
         text = path.read_text().lower()
         assert "api_key:" not in text, f"{path}: keys are read from the environment by name (api_key_env)"
+
+
+@pytest.mark.parametrize("llm", sorted(p.stem for p in (CONF / "llm").glob("*.yaml")))
+@pytest.mark.parametrize("synth", sorted(p.stem for p in (CONF / "synth").glob("*.yaml")))
+def test_synthesize_config_builds_the_graph_context(llm, synth):
+    from omegaconf import OmegaConf
+
+    from graphs.context import SynthContext
+
+    cfg = _compose("synthesize", [f"llm={llm}", f"synth={synth}"])
+    plain = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("llm", "embedder", "store", "synth")}
+    ctx = SynthContext.from_config(corpus=instantiate(cfg.corpus).name, **plain)
+    assert ctx.llm_model == cfg.llm.model and ctx.store_path == cfg.store.path
+    assert instantiate(OmegaConf.create(__import__("json").loads(ctx.embedder))).name == cfg.embedder.name
+
+
+def test_synth_config_and_context_fields_stay_in_sync():
+    from dataclasses import fields
+
+    from graphs.context import SynthContext
+
+    cfg = _compose("synthesize", [])
+    context_fields = {f.name for f in fields(SynthContext)}
+    graph_keys = set(cfg.synth) - RUN_KEYS
+    assert graph_keys <= context_fields, graph_keys - context_fields
+    from_other_groups = {f"llm_{k}" for k in cfg.llm} | {"embedder", "store_path", "corpus"}
+    assert context_fields == graph_keys | from_other_groups

@@ -60,6 +60,7 @@ def test_qfs_recurses_on_long_inputs_with_small_budgets(server, topics_index, ti
 def test_depth_cap_stops_the_recursion(server, topics_index, tiny_tokenizer, tmp_path):
     ctx = _ctx(server, topics_index, tiny_tokenizer, tmp_path, qfs_chunk_tokens=512, qfs_budget_tokens=10, qfs_max_depth=2)
     out = _invoke(synthesis.graph, ctx, {"index": 2, "target_tokens": 4000})
+    assert out["rejection"] is None, out["rejection"]
     assert out["sample"]["provenance"]["qfs_depth"] == 2
 
 
