@@ -31,11 +31,8 @@ def main(cfg: DictConfig) -> None:
     try:
         if s.mode not in GRAPHS:
             raise InputError(f"synth.mode={s.mode!r} must be one of {', '.join(GRAPHS)}")
-        ctx = SynthContext.from_config(
-            llm=OmegaConf.to_container(cfg.llm, resolve=True), embedder=OmegaConf.to_container(cfg.embedder, resolve=True),
-            store=OmegaConf.to_container(cfg.store, resolve=True), corpus=instantiate(cfg.corpus).name,
-            synth=OmegaConf.to_container(s, resolve=True),
-        )
+        plain = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("llm", "embedder", "store", "synth")}
+        ctx = SynthContext.from_config(corpus=instantiate(cfg.corpus).name, **plain)
         records = read_acer_inputs(s.acer_input) if s.mode == "acer" else ()
         jobs = make_jobs(s.mode, s.num_samples, list(s.target_lengths), s.shard, s.num_shards, records)
         samples_path, rejected_path = output_paths(s.out_dir, s.shard, s.num_shards)

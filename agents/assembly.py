@@ -62,7 +62,8 @@ def fit_documents(
             kept.append(doc)
             budget -= cost
             continue
-        cut = counter.truncate(doc.text, budget - counter.count(header.format(index=len(kept) + 1, title=doc.title)) - 4)
+        room = budget - counter.count(header.format(index=len(kept) + 1, title=doc.title)) - 4
+        cut = counter.truncate(doc.text, room)
         if cut.strip():
             kept.append(SourceDocument(doc.id, doc.title, cut))
         break

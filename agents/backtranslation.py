@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
+from agents.instructions import ask_for_instruction
 from agents.llm import LLMClient
-from agents.prompts import BACKTRANSLATION_PROMPT, SYSTEM_PROMPT
-from agents.schemas import Instruction
+from agents.prompts import BACKTRANSLATION_PROMPT
 
 
 async def back_translate(llm: LLMClient, document: str) -> str:
     """A writing instruction whose ideal response is `document`."""
-    messages = [
-        {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": BACKTRANSLATION_PROMPT.format(document=document)},
-    ]
-    reply = await llm.json(messages, Instruction, max_tokens=512)
-    return " ".join(reply.instruction.split())
+    return await ask_for_instruction(llm, BACKTRANSLATION_PROMPT.format(document=document))

@@ -52,12 +52,14 @@ def instruction_problem(text: str, min_words: int, max_words: int) -> str | None
     return None
 
 
-async def write_instruction(llm: LLMClient, random_chunk: str) -> str:
-    """Ask for one multi-document instruction, the random chunk prepended for diversity."""
-    messages = [
-        {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": INSTRUCTION_PROMPT.format(random_chunk=random_chunk)},
-    ]
+async def ask_for_instruction(llm: LLMClient, prompt: str) -> str:
+    """Send a prompt that asks for `{"instruction": ...}`; the instruction with whitespace collapsed."""
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
     reply = await llm.json(messages, Instruction, max_tokens=512)
     return " ".join(reply.instruction.split())
+
+
+async def write_instruction(llm: LLMClient, random_chunk: str) -> str:
+    """Ask for one multi-document instruction, the random chunk prepended for diversity."""
+    return await ask_for_instruction(llm, INSTRUCTION_PROMPT.format(random_chunk=random_chunk))
 

@@ -16,7 +16,9 @@ def build_graph():
     g.add_node("pick_document", nodes.pick_document)
     g.add_node("backtranslate", nodes.backtranslate)
     g.add_edge(START, "pick_document")
-    g.add_conditional_edges("pick_document", nodes.route("backtranslate"), {"backtranslate": "backtranslate", "end": END})
+    g.add_conditional_edges(
+        "pick_document", nodes.route("backtranslate"), {"backtranslate": "backtranslate", "end": END}
+    )
     g.add_edge("backtranslate", END)
     return g.compile()
 
