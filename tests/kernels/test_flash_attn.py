@@ -1,0 +1,116 @@
+"""Triton flash attention against the torch reference: forward, lse and all three gradients.
+
+On CPU the kernels run under TRITON_INTERPRET=1 (set in conftest) in fp32 at small sizes; on a GPU
+the `gpu` tests compare fp16/bf16 at long lengths.
+"""
+
+import math
+
+import pytest
+import torch
+
+from kernels.flash_attn import flash_attn, triton_block_attn, triton_block_attn_backward
+from kernels.reference import block_attn, block_attn_backward
+
+CASES = [
+    # (name, B, Hq, Hkv, Sq, Sk, D, causal, q_offset, docs)
+    ("plain", 1, 2, 2, 40, 40, 64, False, 0, False),
+    ("causal", 1, 2, 2, 45, 45, 64, True, 0, False),
+    ("causal_gqa2_odd", 2, 4, 2, 37, 37, 32, True, 0, False),
+    ("gqa4_d128", 1, 4, 1, 33, 29, 128, False, 0, False),
+    ("ring_offset_future_block", 1, 2, 1, 32, 40, 64, True, 64, False),  # q after all keys: sees all
+    ("ring_offset_past_block", 1, 2, 1, 32, 40, 64, True, -64, False),  # keys all in the future: sees none
+    ("ring_offset_partial", 1, 2, 2, 40, 40, 16, True, 20, False),
+    ("docs", 2, 2, 1, 50, 50, 32, False, 0, True),
+    ("docs_causal_gqa", 1, 4, 2, 70, 70, 64, True, 0, True),
+]
+
+
+def _inputs(b, hq, hkv, sq, sk, d, q_offset, docs, dtype=torch.float32, device="cpu", seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    q = torch.randn(b, hq, sq, d, generator=g).to(device, dtype)
+    k = torch.randn(b, hkv, sk, d, generator=g).to(device, dtype)
+    v = torch.randn(b, hkv, sk, d, generator=g).to(device, dtype)
+    dout = torch.randn(b, hq, sq, d, generator=g).to(device, dtype)
+    kw = {}
+    if q_offset:
+        base = 64  # keys at 64..64+sk-1, queries shifted by q_offset
+        kw["k_pos"] = torch.arange(base, base + sk, device=device)
+        kw["q_pos"] = torch.arange(base + q_offset, base + q_offset + sq, device=device)
+    if docs:
+        # packed documents of uneven lengths, different per batch row
+        doc = torch.stack([torch.div(torch.arange(sq) + 7 * i, 17 + 5 * i, rounding_mode="floor") for i in range(b)])
+        kw["doc_q"] = doc.to(device)
+        kw["doc_k"] = doc[:, :sk].to(device)
+    return q, k, v, dout, kw
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_forward_and_gradients_match_the_reference(case):
+    _, b, hq, hkv, sq, sk, d, causal, offset, docs = case
+    q, k, v, dout, kw = _inputs(b, hq, hkv, sq, sk, d, offset, docs)
+    scale = 1 / math.sqrt(d)
+    out, lse = triton_block_attn(q, k, v, softmax_scale=scale, causal=causal, **kw)
+    ref_out, ref_lse = block_attn(q, k, v, softmax_scale=scale, causal=causal, **kw)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, ref_lse, atol=1e-5, rtol=1e-5)
+    grads = triton_block_attn_backward(dout, q, k, v, ref_out, ref_lse, softmax_scale=scale, causal=causal, **kw)
+    ref_grads = block_attn_backward(dout, q, k, v, ref_out, ref_lse, softmax_scale=scale, causal=causal, **kw)
+    for name, got, want in zip(("dq", "dk", "dv"), grads, ref_grads):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_rows_without_visible_keys_give_zeros_and_minus_inf_never_nan():
+    q, k, v, dout, kw = _inputs(1, 2, 2, 32, 32, 32, -64, False)
+    out, lse = flash_attn(q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), causal=True,
+                          return_lse=True, **kw)
+    assert torch.all(out == 0) and torch.all(torch.isneginf(lse))
+    out.backward(dout)
+    for t in (q, k, v):
+        assert torch.all(t.grad == 0) and not torch.isnan(t.grad).any()
+    # partly visible: the first document's rows see their own keys only
+    doc_q = torch.tensor([0] * 16 + [1] * 16)
+    doc_k = torch.tensor([1] * 32)
+    out2, lse2 = triton_block_attn(q.detach(), k.detach(), v.detach(), softmax_scale=0.2, causal=False,
+                                   doc_q=doc_q, doc_k=doc_k)
+    assert torch.all(out2[:, :, :16] == 0) and torch.all(torch.isneginf(lse2[:, :, :16]))
+    assert torch.isfinite(lse2[:, :, 16:]).all()
+
+
+def test_autograd_function_matches_torch_sdpa():
+    q, k, v, dout, _ = _inputs(1, 4, 2, 48, 48, 64, 0, False)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    flash_attn(*leaves, causal=True).backward(dout)
+    ref = [t.clone().requires_grad_() for t in (q, k, v)]
+    expect = torch.nn.functional.scaled_dot_product_attention(*ref, is_causal=True, enable_gqa=True)
+    expect.backward(dout)
+    for got, want in zip(leaves, ref):
+        torch.testing.assert_close(got.grad, want.grad, atol=1e-4, rtol=1e-4)
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_gpu_half_precision_against_fp32_reference(case, dtype):
+    _, b, hq, hkv, sq, sk, d, causal, offset, docs = case
+    q, k, v, dout, kw = _inputs(b, hq, hkv, sq * 40, sk * 40 if not docs else sq * 40, d, offset * 40, docs,
+                                dtype=dtype, device="cuda")
+    if docs:
+        kw["doc_q"] = torch.div(torch.arange(q.shape[2], device="cuda"), 700, rounding_mode="floor")
+        kw["doc_k"] = kw["doc_q"][: k.shape[2]]
+    scale = 1 / math.sqrt(d)
+    out, lse = triton_block_attn(q, k, v, softmax_scale=scale, causal=causal, **kw)
+    ref_out, ref_lse = block_attn(q, k, v, softmax_scale=scale, causal=causal, **kw)
+    tol = 2e-2 if dtype == torch.bfloat16 else 5e-3
+    torch.testing.assert_close(out.float(), ref_out.float(), atol=tol, rtol=tol)
+    torch.testing.assert_close(lse, ref_lse, atol=tol, rtol=tol)
+    grads = triton_block_attn_backward(dout, q, k, v, ref_out, ref_lse, softmax_scale=scale, causal=causal, **kw)
+    ref_grads = block_attn_backward(dout, q, k, v, ref_out, ref_lse, softmax_scale=scale, causal=causal, **kw)
+    for name, got, want in zip(("dq", "dk", "dv"), grads, ref_grads):
+        scale_of = want.abs().max().item() + 1e-6
+        assert (got - want).abs().max().item() / scale_of < 5 * tol, name
