@@ -114,3 +114,18 @@ def test_gpu_half_precision_against_fp32_reference(case, dtype):
     for name, got, want in zip(("dq", "dk", "dv"), grads, ref_grads):
         scale_of = want.abs().max().item() + 1e-6
         assert (got - want).abs().max().item() / scale_of < 5 * tol, name
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_hopper_without_a_gpu():
+    """The compiled (non-interpreter) path: bf16/fp16 tiles, tl.dot layouts, autotune-sized blocks."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "tests/kernels/compile_check.py", "90"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "compiled 12 kernels for sm_90" in result.stdout
