@@ -7,7 +7,7 @@
 q `[B, Hq, Sq, D]`, k/v `[B, Hkv, Sk, D]` with Hq a multiple of Hkv (GQA, heads not repeated by the
 caller). Query i may see key j when (not causal or q_pos[i] >= k_pos[j]) and doc_q[i] == doc_k[j].
 Positions and document ids are `[S]` or `[B, S]` integers; positions default to 0..S-1 (so a
-causal block at an offset passes its global positions). Everything is computed in fp32; `lse` is
+causal block at an offset passes its global positions). Everything is computed in fp32 (fp64 inputs stay fp64); `lse` is
 the natural log-sum-exp of the scaled scores `[B, Hq, Sq]`, -inf for a row that sees no key (its
 output is zero). The backward takes the row's *global* out and lse, so a ring can call it per block;
 it returns fp32 gradients, dk/dv summed over each K/V head's query group.
@@ -46,6 +46,10 @@ def _expand_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)  # [B, Hkv, S, D] -> [B, Hq, S, D]
 
 
+def _acc(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def _probs(q, k, lse, mask, softmax_scale):
     scores = (q @ k.transpose(-1, -2)) * softmax_scale  # [B, Hq, Sq, Sk] fp32
     safe_lse = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
@@ -59,7 +63,7 @@ def block_attn(
     """Attention of q over one K/V block: (out `[B, Hq, Sq, D]` in q's dtype, lse fp32 `[B, Hq, Sq]`)."""
     b, hq, sq, _ = q.shape
     groups = hq // k.shape[1]
-    qf, kf, vf = q.float(), _expand_kv(k.float(), groups), _expand_kv(v.float(), groups)
+    qf, kf, vf = _acc(q), _expand_kv(_acc(k), groups), _expand_kv(_acc(v), groups)
     mask = visibility(b, sq, k.shape[2], causal, q_pos, k_pos, doc_q, doc_k, q.device)
     scores = (qf @ kf.transpose(-1, -2)) * softmax_scale
     scores = scores.masked_fill(~mask, float("-inf"))
@@ -76,10 +80,10 @@ def block_attn_backward(
     b, hq, sq, d = q.shape
     hkv, sk = k.shape[1], k.shape[2]
     groups = hq // hkv
-    qf, kf, vf = q.float(), _expand_kv(k.float(), groups), _expand_kv(v.float(), groups)
-    do, o = dout.float(), out.float()
+    qf, kf, vf = _acc(q), _expand_kv(_acc(k), groups), _expand_kv(_acc(v), groups)
+    do, o = _acc(dout), _acc(out)
     mask = visibility(b, sq, sk, causal, q_pos, k_pos, doc_q, doc_k, q.device)
-    probs = _probs(qf, kf, lse.float(), mask, softmax_scale)  # [B, Hq, Sq, Sk]
+    probs = _probs(qf, kf, _acc(lse), mask, softmax_scale)  # [B, Hq, Sq, Sk]
     delta = (do * o).sum(-1, keepdim=True)  # [B, Hq, Sq, 1]
     dprobs = do @ vf.transpose(-1, -2)
     dscores = probs * (dprobs - delta)
