@@ -44,6 +44,21 @@ def _visible(q_pos, k_pos, q_doc, k_doc, q_ok, k_ok, CAUSAL: tl.constexpr, HAS_D
 
 
 @triton.jit
+def _load_ids(POS, DOC, offs, ok, pos_fill, doc_fill, HAS_DOCS: tl.constexpr):
+    """Positions and document ids of a block's rows, and the document id range of its valid rows
+    (without documents the range is a placeholder the callers ignore)."""
+    pos = tl.load(POS + offs, mask=ok, other=pos_fill)
+    doc = pos
+    lo = tl.min(pos, axis=0)
+    hi = lo
+    if HAS_DOCS:
+        doc = tl.load(DOC + offs, mask=ok, other=doc_fill)
+        lo = tl.min(tl.where(ok, doc, 2147483647), axis=0)
+        hi = tl.max(doc, axis=0)
+    return pos, doc, lo, hi
+
+
+@triton.jit
 def _block_may_be_visible(q_pos_max, k_pos_min, q_doc_min, q_doc_max, k_doc_min, k_doc_max,
                           CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr):
     """False when no query of the block can see any key of the block (the block is skipped)."""
@@ -102,15 +117,9 @@ def _fwd_kernel(
                 mask=q_ok[:, None] & d_ok[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
     if UPCAST:
         q = q.to(tl.float32)
-    q_pos = tl.load(QPOS + b * s_qpos_b + offs_m, mask=q_ok, other=-1)
+    q_pos, q_doc, q_doc_min, q_doc_max = _load_ids(QPOS + b * s_qpos_b, QDOC + b * s_qdoc_b, offs_m, q_ok,
+                                                   -1, -1, HAS_DOCS)
     q_pos_max = tl.max(q_pos, axis=0)
-    q_doc = q_pos
-    q_doc_min = q_pos_max
-    q_doc_max = q_pos_max
-    if HAS_DOCS:
-        q_doc = tl.load(QDOC + b * s_qdoc_b + offs_m, mask=q_ok, other=-1)
-        q_doc_min = tl.min(tl.where(q_ok, q_doc, 2147483647), axis=0)
-        q_doc_max = tl.max(q_doc, axis=0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max (base 2)
     l_i = tl.zeros([BLOCK_M], tl.float32)  # running sum
@@ -120,14 +129,8 @@ def _fwd_kernel(
     for start_n in range(0, SK, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k_ok = offs_n < SK
-        k_pos = tl.load(KPOS + b * s_kpos_b + offs_n, mask=k_ok, other=2147483647)
-        k_doc = k_pos
-        k_doc_min = q_doc_min
-        k_doc_max = q_doc_max
-        if HAS_DOCS:
-            k_doc = tl.load(KDOC + b * s_kdoc_b + offs_n, mask=k_ok, other=-2)
-            k_doc_min = tl.min(tl.where(k_ok, k_doc, 2147483647), axis=0)
-            k_doc_max = tl.max(k_doc, axis=0)
+        k_pos, k_doc, k_doc_min, k_doc_max = _load_ids(KPOS + b * s_kpos_b, KDOC + b * s_kdoc_b, offs_n, k_ok,
+                                                       2147483647, -2, HAS_DOCS)
         if _block_may_be_visible(q_pos_max, tl.min(k_pos, axis=0), q_doc_min, q_doc_max, k_doc_min, k_doc_max,
                                  CAUSAL, HAS_DOCS):
             kt = tl.load(k_base + offs_n[None, :] * sks + offs_d[:, None],
@@ -209,15 +212,9 @@ def _bwd_dkdv_kernel(
     if UPCAST:
         kt = kt.to(tl.float32)
         vt = vt.to(tl.float32)
-    k_pos = tl.load(KPOS + b * s_kpos_b + offs_n, mask=k_ok, other=2147483647)
+    k_pos, k_doc, k_doc_min, k_doc_max = _load_ids(KPOS + b * s_kpos_b, KDOC + b * s_kdoc_b, offs_n, k_ok,
+                                                   2147483647, -2, HAS_DOCS)
     k_pos_min = tl.min(k_pos, axis=0)
-    k_doc = k_pos
-    k_doc_min = k_pos_min
-    k_doc_max = k_pos_min
-    if HAS_DOCS:
-        k_doc = tl.load(KDOC + b * s_kdoc_b + offs_n, mask=k_ok, other=-2)
-        k_doc_min = tl.min(tl.where(k_ok, k_doc, 2147483647), axis=0)
-        k_doc_max = tl.max(k_doc, axis=0)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     for g in range(0, GROUPS):
@@ -225,14 +222,8 @@ def _bwd_dkdv_kernel(
         for start_m in range(0, SQ, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
             q_ok = offs_m < SQ
-            q_pos = tl.load(QPOS + b * s_qpos_b + offs_m, mask=q_ok, other=-1)
-            q_doc = q_pos
-            q_doc_min = k_doc_min
-            q_doc_max = k_doc_max
-            if HAS_DOCS:
-                q_doc = tl.load(QDOC + b * s_qdoc_b + offs_m, mask=q_ok, other=-1)
-                q_doc_min = tl.min(tl.where(q_ok, q_doc, 2147483647), axis=0)
-                q_doc_max = tl.max(q_doc, axis=0)
+            q_pos, q_doc, q_doc_min, q_doc_max = _load_ids(QPOS + b * s_qpos_b, QDOC + b * s_qdoc_b, offs_m,
+                                                           q_ok, -1, -1, HAS_DOCS)
             if _block_may_be_visible(tl.max(q_pos, axis=0), k_pos_min, q_doc_min, q_doc_max, k_doc_min,
                                      k_doc_max, CAUSAL, HAS_DOCS):
                 tile = q_ok[:, None] & d_ok[None, :]
@@ -284,27 +275,15 @@ def _bwd_dq_kernel(
     lse = tl.load(LSE + b * slb + h * slh + offs_m, mask=q_ok, other=0.0)
     lse2 = tl.where(lse == float("-inf"), 0.0, lse * 1.4426950408889634)
     delta = tl.load(DELTA + bh * SQ + offs_m, mask=q_ok, other=0.0)
-    q_pos = tl.load(QPOS + b * s_qpos_b + offs_m, mask=q_ok, other=-1)
+    q_pos, q_doc, q_doc_min, q_doc_max = _load_ids(QPOS + b * s_qpos_b, QDOC + b * s_qdoc_b, offs_m, q_ok,
+                                                   -1, -1, HAS_DOCS)
     q_pos_max = tl.max(q_pos, axis=0)
-    q_doc = q_pos
-    q_doc_min = q_pos_max
-    q_doc_max = q_pos_max
-    if HAS_DOCS:
-        q_doc = tl.load(QDOC + b * s_qdoc_b + offs_m, mask=q_ok, other=-1)
-        q_doc_min = tl.min(tl.where(q_ok, q_doc, 2147483647), axis=0)
-        q_doc_max = tl.max(q_doc, axis=0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for start_n in range(0, SK, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k_ok = offs_n < SK
-        k_pos = tl.load(KPOS + b * s_kpos_b + offs_n, mask=k_ok, other=2147483647)
-        k_doc = k_pos
-        k_doc_min = q_doc_min
-        k_doc_max = q_doc_max
-        if HAS_DOCS:
-            k_doc = tl.load(KDOC + b * s_kdoc_b + offs_n, mask=k_ok, other=-2)
-            k_doc_min = tl.min(tl.where(k_ok, k_doc, 2147483647), axis=0)
-            k_doc_max = tl.max(k_doc, axis=0)
+        k_pos, k_doc, k_doc_min, k_doc_max = _load_ids(KPOS + b * s_kpos_b, KDOC + b * s_kdoc_b, offs_n, k_ok,
+                                                       2147483647, -2, HAS_DOCS)
         if _block_may_be_visible(q_pos_max, tl.min(k_pos, axis=0), q_doc_min, q_doc_max, k_doc_min, k_doc_max,
                                  CAUSAL, HAS_DOCS):
             kt = tl.load(K + b * skb + hk * skh + offs_n[None, :] * sks + offs_d[:, None],

@@ -80,4 +80,5 @@ def test_sharded_runs_split_the_samples(server, topics_index, tiny_tokenizer, tm
     shards = [read_jsonl(tmp_path / "out" / f"samples.shard{i}-of-2.jsonl") for i in range(2)]
     assert [len(s) for s in shards] == [3, 3]
     assert not {s["id"] for s in shards[0]} & {s["id"] for s in shards[1]}
-    assert json.loads((tmp_path / "out" / "samples.shard0-of-2.jsonl").read_text().splitlines()[0])["kind"] == "long_input"
+    first = (tmp_path / "out" / "samples.shard0-of-2.jsonl").read_text().splitlines()[0]
+    assert json.loads(first)["kind"] == "long_input"
