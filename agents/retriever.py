@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agents.embedder import Embedder
-from agents.store import ChromaStore, RetrievedDocument, _retrieved
+from agents.store import ChromaStore, RetrievedDocument
 
 
 class Retriever:
@@ -40,7 +40,7 @@ class Retriever:
                 part = ranked[i : i + fetch]
                 texts = self.store.documents([d for d, _, _, _ in part])
                 for doc_id, score, chunk, meta in part:
-                    doc = _retrieved(doc_id, texts[doc_id], score, chunk, meta)
+                    doc = RetrievedDocument.from_registry(doc_id, texts[doc_id], score, chunk, meta)
                     n = count(doc.text)
                     picked.append((doc, n))
                     total += n if cap is None else min(n, cap)

@@ -35,6 +35,19 @@ class RetrievedDocument:
     n_tokens: int
     best_chunk: int
 
+    @classmethod
+    def from_registry(cls, doc_id: str, text: str, score: float, chunk: int, meta: dict) -> RetrievedDocument:
+        """Build from a ranked hit (see `ChromaStore.rank`) and the document's rebuilt text."""
+        return cls(
+            id=doc_id,
+            text=text,
+            score=score,
+            source=str(meta.get("source", "")),
+            title=str(meta.get("title", "")),
+            n_tokens=int(meta.get("n_tokens", 0)),
+            best_chunk=chunk,
+        )
+
 
 def collection_name(corpus: str, embedder: str) -> str:
     """A valid Chroma collection name (3–200 chars of [a-zA-Z0-9._-]) for a (corpus, embedder) pair."""
@@ -132,10 +145,6 @@ class ChromaStore:
             raise RuntimeError("ChromaStore.open() must be called first")
         return self._docs
 
-    def count(self) -> tuple[int, int]:
-        """(complete documents, chunks) in the index."""
-        return self.docs.count(), self.chunks.count()
-
     def _batches(self, n: int) -> range:
         return range(0, n, self.max_batch)
 
@@ -226,16 +235,4 @@ class ChromaStore:
         """The `k` best documents (see `rank`), whole, with their scores."""
         ranked = self.rank(query_embedding, k)
         texts = self.documents([d for d, _, _, _ in ranked])
-        return [_retrieved(d, texts[d], score, chunk, meta) for d, score, chunk, meta in ranked]
-
-
-def _retrieved(doc_id: str, text: str, score: float, chunk: int, meta: dict) -> RetrievedDocument:
-    return RetrievedDocument(
-        id=doc_id,
-        text=text,
-        score=score,
-        source=str(meta.get("source", "")),
-        title=str(meta.get("title", "")),
-        n_tokens=int(meta.get("n_tokens", 0)),
-        best_chunk=chunk,
-    )
+        return [RetrievedDocument.from_registry(d, texts[d], s, c, m) for d, s, c, m in ranked]

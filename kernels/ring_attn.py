@@ -57,8 +57,11 @@ class RingComm:
         self.group = group
         self.world = dist.get_world_size(group)
         rank = dist.get_rank(group)
-        self.next = dist.get_global_rank(group, (rank + 1) % self.world) if group is not None else (rank + 1) % self.world
-        self.prev = dist.get_global_rank(group, (rank - 1) % self.world) if group is not None else (rank - 1) % self.world
+
+        def global_rank(r: int) -> int:
+            return dist.get_global_rank(group, r % self.world) if group is not None else r % self.world
+
+        self.next, self.prev = global_rank(rank + 1), global_rank(rank - 1)
         self.bytes_sent = 0
 
     def start(self, tensors: list[torch.Tensor]) -> tuple[list, list[torch.Tensor]]:
@@ -82,13 +85,14 @@ def merge(out: torch.Tensor, lse: torch.Tensor, block_out: torch.Tensor, block_l
     """Fold a block's (out, lse) into the running fp32 (out `[B, H, S, D]`, lse `[B, H, S]`), in place."""
     new = torch.logaddexp(lse, block_lse)
     safe = torch.where(torch.isinf(new), torch.zeros_like(new), new)  # rows that saw nothing yet
-    out.mul_(torch.exp(lse - safe).unsqueeze(-1)).add_(block_out.to(out.dtype) * torch.exp(block_lse - safe).unsqueeze(-1))
+    out.mul_(torch.exp(lse - safe).unsqueeze(-1))
+    out.add_(block_out.to(out.dtype) * torch.exp(block_lse - safe).unsqueeze(-1))
     lse.copy_(new)
 
 
 class _RingAttnFunc(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, group, fwd, bwd, softmax_scale, causal, q_pos, k_pos, doc_q, doc_k, comm):
+    def forward(ctx, q, k, v, fwd, bwd, softmax_scale, causal, q_pos, k_pos, doc_q, doc_k, comm):
         acc_dtype = torch.promote_types(q.dtype, torch.float32)
         b, h, s, d = q.shape
         out = torch.zeros(b, h, s, d, dtype=acc_dtype, device=q.device)
@@ -104,15 +108,14 @@ class _RingAttnFunc(torch.autograd.Function):
             if pending is not None:
                 block = comm.wait(pending)
         out = out.to(q.dtype)
-        ctx.save_for_backward(q, k, v, out, lse, q_pos, k_pos,
-                              *( [doc_q, doc_k] if doc_k is not None else []))
-        ctx.settings = (group, bwd, softmax_scale, causal, doc_k is not None, comm)
+        ctx.save_for_backward(q, k, v, out, lse, q_pos, k_pos, *([doc_q, doc_k] if doc_k is not None else []))
+        ctx.settings = (bwd, softmax_scale, causal, doc_k is not None, comm)
         ctx.mark_non_differentiable(lse)
         return out, lse
 
     @staticmethod
     def backward(ctx, dout, _dlse):
-        group, bwd, softmax_scale, causal, has_docs, comm = ctx.settings
+        bwd, softmax_scale, causal, has_docs, comm = ctx.settings
         q, k, v, out, lse, q_pos, k_pos, *docs = ctx.saved_tensors
         doc_q, doc_k = docs if has_docs else (None, None)
         acc_dtype = torch.promote_types(q.dtype, torch.float32)
@@ -136,8 +139,7 @@ class _RingAttnFunc(torch.autograd.Function):
                 block = comm.wait(kv_pending)
         if dkv_pending is not None:  # the last hop brings each block's gradients home
             dk_acc, dv_acc = comm.wait(dkv_pending)
-        nones = (None,) * 10
-        return (dq.to(q.dtype), dk_acc.to(k.dtype), dv_acc.to(v.dtype), *nones)
+        return (dq.to(q.dtype), dk_acc.to(k.dtype), dv_acc.to(v.dtype), *(None,) * 9)
 
 
 def ring_attn(
@@ -159,6 +161,6 @@ def ring_attn(
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     positions = positions.to(q.device)
     docs = doc_ids.to(q.device) if doc_ids is not None else None
-    out, lse = _RingAttnFunc.apply(q, k, v, group, block_attn_fn, block_attn_backward_fn, scale, causal,
+    out, lse = _RingAttnFunc.apply(q, k, v, block_attn_fn, block_attn_backward_fn, scale, causal,
                                    positions, positions, docs, docs, comm)
     return (out, lse) if return_lse else out
