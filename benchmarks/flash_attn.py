@@ -55,7 +55,8 @@ def main() -> None:
     from kernels import flash_attn
 
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
-    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, {args.dtype}")
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
+          f"{args.dtype}")
     print("FLOPs: fwd = 4*B*H*S^2*D (x0.5 causal); bwd = 2.5 x fwd; TFLOP/s = FLOPs / median time")
     backends = {"sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION}
     header = f"{'S':>7} {'D':>4} {'causal':>6} {'mode':>8} {'ours':>8}" + "".join(f"{n:>12}" for n in backends)

@@ -34,7 +34,8 @@ def main() -> None:
     args = parser.parse_args()
 
     embedder = SentenceTransformerEmbedder(name="all-MiniLM-L6-v2")
-    chunker = TokenChunker(embedder.tokenizer_path, chunk_tokens=args.chunk_tokens, overlap_tokens=args.chunk_tokens // 10)
+    chunker = TokenChunker(embedder.tokenizer_path, chunk_tokens=args.chunk_tokens,
+                           overlap_tokens=args.chunk_tokens // 10)
     docs = list(PythonDocsCorpus(limit=args.limit or None))
     embedder.embed_documents(["warm-up"] * 8)
 
@@ -44,7 +45,8 @@ def main() -> None:
     texts = [c.text for _, c in chunks]
 
     t0 = time.perf_counter()
-    vectors = [embedder.embed_documents(texts[i : i + args.batch_chunks]) for i in range(0, len(texts), args.batch_chunks)]
+    step = args.batch_chunks
+    vectors = [embedder.embed_documents(texts[i : i + step]) for i in range(0, len(texts), step)]
     encode_s = time.perf_counter() - t0
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -305,12 +305,15 @@ def _bwd_dq_kernel(
 
 
 def _ints(x: torch.Tensor | None, batch: int, length: int, device: torch.device) -> tuple[torch.Tensor, int]:
-    """An int32 `[B, S]` view (batch stride 0 for a shared `[S]`), and its batch stride."""
+    """An int32 `[B, S]` view (batch stride 0 for a shared `[S]` or `[1, S]`), and its batch stride."""
     if x is None:
         x = torch.arange(length, device=device, dtype=torch.int32)
+    if x.shape[-1] != length or (x.dim() == 2 and x.shape[0] not in (1, batch)) or x.dim() > 2:
+        raise ValueError(f"positions / document ids must be [S] or [B, S] with B={batch}, S={length}; "
+                         f"got {tuple(x.shape)}")
     x = x.to(device=device, dtype=torch.int32).contiguous()
-    if x.dim() == 1:
-        return x, 0
+    if x.dim() == 1 or x.shape[0] == 1:
+        return x.reshape(-1), 0
     return x, x.stride(0)
 
 

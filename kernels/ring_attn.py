@@ -55,6 +55,9 @@ class RingComm:
 
     def __init__(self, group: dist.ProcessGroup | None) -> None:
         self.group = group
+        if group is None and not dist.is_initialized():  # one process, no ring: world size 1
+            self.world, self.next, self.prev, self.bytes_sent = 1, 0, 0, 0
+            return
         self.world = dist.get_world_size(group)
         rank = dist.get_rank(group)
 

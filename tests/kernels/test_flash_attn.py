@@ -129,3 +129,15 @@ def test_kernels_compile_for_hopper_without_a_gpu():
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "compiled 12 kernels for sm_90" in result.stdout
+
+
+def test_positions_shared_by_the_batch_may_come_as_one_row():
+    """Hugging Face passes position_ids `[1, S]` for a whole batch: every row must read that one row."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(3, 2, 20, 16, generator=g) for _ in range(3))
+    pos = torch.arange(20) + 5
+    want = flash_attn(q, k, v, causal=True, q_pos=pos, k_pos=pos)
+    got = flash_attn(q, k, v, causal=True, q_pos=pos[None], k_pos=pos[None])
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"must be \[S\] or \[B, S\] with B=3, S=20; got \(2, 20\)"):
+        flash_attn(q, k, v, causal=True, q_pos=pos.expand(2, -1), k_pos=pos.expand(2, -1))
