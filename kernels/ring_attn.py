@@ -69,7 +69,7 @@ class RingComm:
 
     def start(self, tensors: list[torch.Tensor]) -> tuple[list, list[torch.Tensor]]:
         """Begin sending `tensors` to the next rank and receiving same-shaped ones from the previous."""
-        received = [torch.empty_like(t) for t in tensors]
+        received = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors]
         ops = [dist.P2POp(dist.isend, t.contiguous(), self.next, self.group) for t in tensors]
         ops += [dist.P2POp(dist.irecv, r, self.prev, self.group) for r in received]
         self.bytes_sent += sum(t.numel() * t.element_size() for t in tensors)

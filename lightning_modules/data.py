@@ -1,0 +1,259 @@
+"""Training data: synthesis JSONL and short instruction data (JSONL or parquet with `messages`), and
+the programmatic passkey task, mixed, tokenized with the chat template, packed to the stage length.
+
+- Loss policy per source: `all` (every token, the paper's choice for long samples) or `responses`
+  (assistant turns only, for short instruction data).
+- Mixture: a source's `weight` is how many times it is used per data epoch (0.5: a seeded half,
+  2: twice). The mixed list is shuffled with the seed, then packed greedily in that order into rows
+  of `seq_len` tokens; each sample is a document (`doc_ids`), so no token attends across samples.
+  Samples longer than `seq_len` are dropped and counted.
+- Every rank of a context-parallel group gets the same rows; each data-parallel group its own.
+  The order is a function of the seed and the step, so a resumed run reads exactly what an
+  uninterrupted one would have read from that step on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from lightning_modules.context_parallel import IGNORE_INDEX
+from lightning_modules.errors import ConfigError
+from lightning_modules.passkey import haystack, passkey_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Source:
+    """One entry of the data mixture."""
+
+    format: str = "messages"  # "messages": JSONL / parquet rows with `messages`; "passkey": generated
+    path: str | None = None
+    weight: float = 1.0
+    loss: str = "all"  # "all" or "responses"
+    samples: int = 1000  # passkey: samples per data epoch
+    min_fraction: float = 0.25  # passkey: lengths drawn from [min_fraction, 1] x seq_len
+
+
+@dataclass
+class PackStats:
+    """What packing made of the samples."""
+
+    seq_len: int
+    samples: int = 0
+    too_long: int = 0
+    rows: int = 0
+    tokens: int = 0
+    per_source: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def fill(self) -> float:
+        """Fraction of row positions holding real tokens."""
+        return self.tokens / max(1, self.rows * self.seq_len)
+
+
+def read_messages(path: str) -> list[list[dict]]:
+    """The `messages` of every row of a .jsonl or .parquet file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"data file {path} does not exist; fix data.sources[].path or make it "
+                          f"(python synthesize.py writes samples.jsonl)")
+    rows: list[list[dict]] = []
+    if p.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(p)
+        if "messages" not in table.column_names:
+            raise ConfigError(f"{path} has no 'messages' column (columns: {table.column_names})")
+        rows = table.column("messages").to_pylist()
+    else:
+        with p.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ConfigError(f"{path}:{n} is not JSON ({e.msg}); fix or remove that line") from None
+                if not isinstance(record.get("messages"), list):
+                    raise ConfigError(f"{path}:{n} has no 'messages' list")
+                rows.append(record["messages"])
+    for n, messages in enumerate(rows, 1):
+        if not messages or any(not isinstance(m, dict) or "role" not in m or "content" not in m for m in messages):
+            raise ConfigError(f"{path} row {n}: every message needs 'role' and 'content'")
+    return rows
+
+
+def tokenize_messages(tokenizer, messages: list[dict], loss: str) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of a conversation in the chat template and its labels (`IGNORE_INDEX` where no loss)."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = np.asarray(enc["input_ids"], dtype=np.int64)
+    if loss == "all":
+        return ids, ids.copy()
+    labels = np.full_like(ids, IGNORE_INDEX)
+    starts = np.asarray([a for a, _ in enc["offset_mapping"]])
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not text.startswith(through) or not through.startswith(before):
+            raise ConfigError("the chat template does not render conversations as prefixes of each other; "
+                              "use loss: all for this source")
+        span = (starts >= len(before)) & (starts < len(through))
+        labels[span] = ids[span]
+    return ids, labels
+
+
+def passkey_samples(tokenizer, source: Source, seq_len: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Generated passkey samples: [BOS] + ASCII bytes, lengths in [min_fraction, 1] x seq_len tokens."""
+    rng = random.Random(seed)
+    hay = haystack("train")
+    out = []
+    for _ in range(source.samples):
+        n = rng.randint(max(64, int(source.min_fraction * seq_len)), seq_len)
+        text, _ = passkey_text(rng, n - 1, hay)
+        ids = np.asarray([tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"],
+                         dtype=np.int64)
+        out.append((ids, ids.copy()))
+    return out
+
+
+def pack(samples: list[tuple[np.ndarray, np.ndarray]], seq_len: int, pad_id: int,
+         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Greedy packing in order: rows `[N, seq_len]` of input ids, labels, document ids (padding: -1),
+    and how many samples were longer than a row (dropped)."""
+    rows: list[list[tuple[np.ndarray, np.ndarray]]] = []
+    used, too_long = seq_len, 0
+    for ids, labels in samples:
+        if len(ids) > seq_len:
+            too_long += 1
+            continue
+        if used + len(ids) > seq_len:
+            rows.append([])
+            used = 0
+        rows[-1].append((ids, labels))
+        used += len(ids)
+    input_ids = np.full((len(rows), seq_len), pad_id, dtype=np.int64)
+    out_labels = np.full((len(rows), seq_len), IGNORE_INDEX, dtype=np.int64)
+    doc_ids = np.full((len(rows), seq_len), -1, dtype=np.int64)
+    for r, row in enumerate(rows):
+        at = 0
+        for d, (ids, labels) in enumerate(row):
+            span = slice(at, at + len(ids))
+            input_ids[r, span], out_labels[r, span], doc_ids[r, span] = ids, labels, d
+            at += len(ids)
+    return input_ids, out_labels, doc_ids, too_long
+
+
+class PackedRows(Dataset):
+    """Packed rows as `{input_ids, labels, doc_ids}` `[seq_len]` int64 tensors."""
+
+    def __init__(self, input_ids: np.ndarray, labels: np.ndarray, doc_ids: np.ndarray) -> None:
+        self.input_ids, self.labels, self.doc_ids = input_ids, labels, doc_ids
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": torch.from_numpy(self.input_ids[i]), "labels": torch.from_numpy(self.labels[i]),
+                "doc_ids": torch.from_numpy(self.doc_ids[i])}
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Batches for micro-steps `start .. total-1` of one data-parallel group: micro-step t takes the
+    rows at stream positions (t * dp + dp_rank) * B ... + B - 1 of an endless stream of seeded
+    permutations (one per data epoch)."""
+
+    def __init__(self, num_rows: int, batch_size: int, dp_size: int, dp_rank: int, seed: int, start: int,
+                 total: int) -> None:
+        self.n, self.b, self.dp, self.rank, self.seed = num_rows, batch_size, dp_size, dp_rank, seed
+        self.start, self.total = start, total
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _row(self, position: int) -> int:
+        epoch, offset = divmod(position, self.n)
+        if epoch not in self._perms:
+            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
+        return int(self._perms[epoch][offset])
+
+    def __iter__(self):
+        for t in range(self.start, self.total):
+            first = (t * self.dp + self.rank) * self.b
+            yield [self._row(first + j) for j in range(self.b)]
+
+    def __len__(self) -> int:
+        # the whole stage, not what is left: a resumed run's loop counts its batches from the restored
+        # step, so the epoch (one per stage) ends at `total` either way
+        return self.total
+
+
+class PackedDataModule(L.LightningDataModule):
+    """Reads, mixes, tokenizes and packs the sources once per run; serves step-addressed batches."""
+
+    def __init__(self, tokenizer, sources: list[dict], seq_len: int, batch_size: int = 1, seed: int = 0,
+                 cp_degree: int = 1, max_steps: int = 1, num_workers: int = 0) -> None:
+        super().__init__()
+        self.tokenizer, self.seq_len, self.batch_size, self.seed = tokenizer, seq_len, batch_size, seed
+        self.sources = [Source(**s) for s in sources]
+        self.cp_degree, self.max_steps, self.num_workers = cp_degree, max_steps, num_workers
+        self.rows: PackedRows | None = None
+        self.stats = PackStats(seq_len=seq_len)
+
+    def samples(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The mixed, shuffled, tokenized samples of one data epoch."""
+        rng = random.Random(self.seed)
+        mixed: list[tuple[np.ndarray, np.ndarray]] = []
+        for i, source in enumerate(self.sources):
+            if source.loss not in ("all", "responses"):
+                raise ConfigError(f"data.sources[{i}].loss must be 'all' or 'responses', not {source.loss!r}")
+            if source.format == "passkey":
+                items = passkey_samples(self.tokenizer, source, self.seq_len, self.seed + i)
+            elif source.format == "messages":
+                if not source.path:
+                    raise ConfigError(f"data.sources[{i}] (format messages) needs a path")
+                items = [tokenize_messages(self.tokenizer, m, source.loss) for m in read_messages(source.path)]
+            else:
+                raise ConfigError(f"data.sources[{i}].format must be 'messages' or 'passkey', not {source.format!r}")
+            whole, part = divmod(source.weight, 1.0)
+            chosen = items * int(whole) + rng.sample(items, int(round(part * len(items))))
+            self.stats.per_source[source.path or source.format] = len(chosen)
+            mixed += chosen
+        rng.shuffle(mixed)
+        return mixed
+
+    def setup(self, stage: str | None = None) -> None:
+        """Pack once (every rank does the same, deterministically)."""
+        if self.rows is not None:
+            return
+        mixed = self.samples()
+        input_ids, labels, doc_ids, too_long = pack(mixed, self.seq_len, self.tokenizer.pad_token_id)
+        self.stats.samples, self.stats.too_long, self.stats.rows = len(mixed), too_long, len(input_ids)
+        self.stats.tokens = int((doc_ids >= 0).sum())
+        if not len(input_ids):
+            raise ConfigError(f"no sample fits seq_len={self.seq_len} ({too_long} were longer); "
+                              f"check data.sources or pick a longer stage")
+        log.info("packed %d samples into %d rows of %d tokens (fill %.1f%%); %d longer than the stage, dropped",
+                 len(mixed), len(input_ids), self.seq_len, 100 * self.stats.fill, too_long)
+        self.rows = PackedRows(input_ids, labels, doc_ids)
+
+    def train_dataloader(self) -> DataLoader:
+        """Batches from the step the trainer is at (0, or where a resumed run stopped)."""
+        trainer = self.trainer
+        accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
+        world = trainer.world_size if trainer is not None else 1
+        rank = trainer.global_rank if trainer is not None else 0
+        start = (trainer.global_step if trainer is not None else 0) * accumulate
+        sampler = StepBatchSampler(len(self.rows), self.batch_size, world // self.cp_degree, rank // self.cp_degree,
+                                   self.seed, start, self.max_steps * accumulate)
+        return DataLoader(self.rows, batch_sampler=sampler, num_workers=self.num_workers)

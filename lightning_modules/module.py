@@ -1,0 +1,141 @@
+"""The LightningModule of a context-extension stage: a Hugging Face causal LM, sharded along the
+sequence over its context-parallel group, trained with a chunked next-token loss."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import lightning as L
+import torch
+import torch.distributed as dist
+
+from lightning_modules import attention
+from lightning_modules.context_parallel import shard_batch
+from lightning_modules.errors import ConfigError
+from lightning_modules.loss import chunked_cross_entropy
+from lightning_modules.model import build_model
+
+
+def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
+    """Causal, same-document boolean mask `[B, 1, S, S]` for attention implementations that take one."""
+    s = doc_ids.shape[1]
+    causal = torch.ones(s, s, dtype=torch.bool, device=doc_ids.device).tril()
+    return (causal & (doc_ids[:, :, None] == doc_ids[:, None, :]))[:, None]
+
+
+def flops_per_token(n_params: int, n_layers: int, hidden: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6 per parameter plus causal attention's 6 * L * S * d."""
+    return 6.0 * n_params + 6.0 * n_layers * seq_len * hidden
+
+
+class LongContextLM(L.LightningModule):
+    """One stage of context extension. Every argument is plain; `train.py` maps the config to them."""
+
+    def __init__(self, init_from: str | None = None, model_config: dict | None = None, rope_theta: float = 1e4,
+                 seq_len: int = 1024, attention: str = "sdpa", cp_degree: int = 1, layout: str = "zigzag",
+                 ring_blocks: str = "auto", gradient_checkpointing: bool = False, loss_chunk_tokens: int = 4096,
+                 lr: float = 1e-5, weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95),
+                 warmup_steps: int = 0, schedule: str = "constant", max_steps: int = 1, fsdp: bool = False,
+                 peak_tflops: float | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = None
+        self.cp_group, self.cp_rank = None, 0
+        self._t0 = 0.0
+
+    # --- model -----------------------------------------------------------------------------------
+
+    def _context_parallel_groups(self) -> None:
+        """Consecutive ranks form a context-parallel group (on one node, where the links are fast)."""
+        cp = self.hparams.cp_degree
+        if dist.is_available() and dist.is_initialized():
+            world, rank = dist.get_world_size(), dist.get_rank()
+            if world % cp:
+                raise ConfigError(f"{world} processes cannot be split into context-parallel groups of "
+                                  f"stage.cp_degree={cp}; use a multiple of {cp} devices")
+            groups = [dist.new_group(list(range(s, s + cp))) for s in range(0, world, cp)]  # every rank makes all
+            self.cp_group, self.cp_rank = groups[rank // cp], rank % cp
+        elif cp != 1:
+            raise ConfigError(f"stage.cp_degree={cp} needs {cp} processes (trainer.devices x trainer.num_nodes)")
+        attention.use_context_parallel(self.cp_group, self.hparams.ring_blocks)
+
+    def configure_model(self) -> None:
+        """Build the model once per process, after the process group exists (FSDP wraps it here)."""
+        if self.model is not None:
+            return
+        h = self.hparams
+        self._context_parallel_groups()
+        self.model = build_model(h.init_from, h.model_config, h.rope_theta, h.seq_len, h.attention)
+        if h.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if h.fsdp:
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            # CP ranks hold the same parameters: shard over every rank (dp x cp flattened)
+            mesh = init_device_mesh(self.device.type, (dist.get_world_size(),))
+            for layer in self.model.base_model.layers:
+                fully_shard(layer, mesh=mesh)
+            fully_shard(self.model, mesh=mesh)
+
+    # --- training --------------------------------------------------------------------------------
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Loss = sum of token losses / tokens counted over every rank (dp x cp), scaled by the world
+        size because data-parallel gradient reduction averages over ranks."""
+        h = self.hparams
+        part = shard_batch(batch["input_ids"], batch["labels"], batch["doc_ids"], world=h.cp_degree,
+                           rank=self.cp_rank, layout=h.layout)
+        kwargs = {"doc_ids": part.doc_ids}
+        if h.attention in ("sdpa", "eager"):
+            kwargs = {"attention_mask": document_mask(part.doc_ids)}
+        hidden = self.model.base_model(input_ids=part.input_ids, position_ids=part.position_ids,
+                                       **kwargs).last_hidden_state  # [B, S_local, H]
+        weight = self.model.get_output_embeddings().weight  # [V, H]
+        loss_sum, count = chunked_cross_entropy(hidden, weight, part.labels, h.loss_chunk_tokens)
+        totals = torch.stack([loss_sum.detach(), count.to(loss_sum.dtype)])
+        world = 1
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(totals)
+            world = dist.get_world_size()
+        self.log("train/loss", totals[0] / totals[1].clamp(min=1), prog_bar=True, rank_zero_only=True)
+        self.log("train/tokens", totals[1], reduce_fx="sum", rank_zero_only=True)
+        return loss_sum * world / totals[1].clamp(min=1)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        """Log tokens/s over all ranks' distinct tokens and, with `peak_tflops` set, an MFU estimate."""
+        h = self.hparams
+        seconds = max(time.perf_counter() - self._t0, 1e-9)
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        tokens = batch["input_ids"].numel() * (world // h.cp_degree)  # a CP group shares its rows
+        self.log("train/tokens_per_s", tokens / seconds, rank_zero_only=True)
+        if h.peak_tflops:
+            cfg = self.model.config
+            n = sum(p.numel() for p in self.model.parameters()) - self.model.get_input_embeddings().weight.numel()
+            achieved = tokens / seconds * flops_per_token(n, cfg.num_hidden_layers, cfg.hidden_size, h.seq_len)
+            self.log("train/mfu", achieved / (h.peak_tflops * 1e12 * world), rank_zero_only=True)
+
+    def configure_optimizers(self):
+        """AdamW (no decay on vectors), linear warmup then constant or cosine to 10%."""
+        h = self.hparams
+        decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": h.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=h.lr, betas=tuple(h.betas))
+        if h.schedule not in ("constant", "cosine"):
+            raise ConfigError(f"optim.schedule must be 'constant' or 'cosine', not {h.schedule!r}")
+
+        def factor(step: int) -> float:
+            if step < h.warmup_steps:
+                return (step + 1) / h.warmup_steps
+            if h.schedule == "constant":
+                return 1.0
+            progress = min(1.0, (step - h.warmup_steps) / max(1, h.max_steps - h.warmup_steps))
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

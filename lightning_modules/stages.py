@@ -1,0 +1,48 @@
+"""Checks made before a stage starts, so that a bad start fails in seconds with the fix in the message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from lightning_modules.context_parallel import check_seq_len
+from lightning_modules.errors import ConfigError
+
+
+def register_resolvers() -> None:
+    """`${mul:a,b}` for stage tables (θ = base x 4^k)."""
+    if not OmegaConf.has_resolver("mul"):
+        OmegaConf.register_new_resolver("mul", lambda a, b: float(a) * float(b))
+
+
+def check_stage(*, name: str, previous: str | None, init_from: str | None, seq_len: int, cp_degree: int,
+                attention: str, kernel_block: int, layout: str, processes: int, remake: str) -> None:
+    """Refuse a start that cannot work: missing predecessor export, a length the ring cannot split,
+    a context-parallel degree without the ring or without the processes."""
+    if init_from is not None and not (Path(init_from) / "config.json").is_file():
+        if previous:
+            raise ConfigError(f"stage {name} starts from {init_from}, which does not exist: stage {previous} has "
+                              f"not been exported there. Make it first: {remake}")
+        raise ConfigError(f"stage {name} starts from {init_from}, which has no config.json; set model.path "
+                          f"(or stage.init_from) to a local Hugging Face model folder")
+    if cp_degree > 1 and attention != "ring":
+        raise ConfigError(f"stage.cp_degree={cp_degree} needs attention=ring (got attention={attention})")
+    if processes % cp_degree:
+        raise ConfigError(f"{processes} processes (trainer.devices x trainer.num_nodes) cannot form groups of "
+                          f"stage.cp_degree={cp_degree}")
+    try:
+        check_seq_len(seq_len, cp_degree, kernel_block, layout)
+    except ValueError as e:
+        raise ConfigError(f"stage {name}: {e}") from None
+
+
+def resolve_ckpt(ckpt_path: str | None, stage_dir: str) -> str | None:
+    """`last` -> `<stage_dir>/last.ckpt` (must exist); a path must exist; None starts fresh."""
+    if ckpt_path is None:
+        return None
+    path = Path(stage_dir) / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    if not path.exists():
+        raise ConfigError(f"ckpt_path={ckpt_path}: {path} does not exist; drop ckpt_path to start the stage "
+                          f"from its beginning")
+    return str(path)
