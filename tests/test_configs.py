@@ -65,3 +65,52 @@ def test_synth_config_and_context_fields_stay_in_sync():
     assert graph_keys <= context_fields, graph_keys - context_fields
     from_other_groups = {f"llm_{k}" for k in cfg.llm} | {"embedder", "store_path", "corpus"}
     assert context_fields == graph_keys | from_other_groups
+
+
+TRAIN_GROUPS = ("model", "data", "trainer", "stage", "attention", "logger", "callbacks")
+TRAIN_REQUIRED = {"llama": ["model.path=/models/some-llama"]}
+
+
+@pytest.mark.parametrize("group,option", [(g, p.stem) for g in TRAIN_GROUPS for p in sorted((CONF / g).glob("*.yaml"))])
+def test_each_train_option_composes_and_instantiates(group, option):
+    """Every train option resolves, and what the entry point builds from it builds: logger, callbacks,
+    strategy, module (no model is loaded until configure_model)."""
+    from omegaconf import OmegaConf
+
+    from lightning_modules.module import LongContextLM
+    from lightning_modules.stages import register_resolvers
+
+    register_resolvers()
+    cfg = _compose("train", [f"{group}={option}", *TRAIN_REQUIRED.get(option, [])])
+    c = OmegaConf.to_container(cfg, resolve=True)
+    s, a = c["stage"], c["attention"]
+    assert set(s) == {"name", "previous", "seq_len", "rope_theta", "cp_degree", "init_from", "max_steps", "lr",
+                      "warmup_steps", "batch_size", "checkpoint_every"}
+    assert a["name"] in ("sdpa", "flash", "ring")
+    if cfg.logger:
+        instantiate(cfg.logger)
+    for cb in cfg.callbacks.values():
+        instantiate(cb)
+    if isinstance(c["trainer"]["strategy"], dict):
+        assert c["trainer"]["strategy"]["_target_"].startswith("lightning.")
+    LongContextLM(init_from=s["init_from"], model_config=c["model"]["config"], rope_theta=s["rope_theta"],
+                  seq_len=s["seq_len"], attention=a["name"], cp_degree=s["cp_degree"], **c["optim"])
+
+
+def test_stage_ladder_doubles_length_and_multiplies_theta_by_four():
+    from lightning_modules.stages import register_resolvers
+
+    register_resolvers()
+    # (stages, θ multiplier of the first stage): the GPU ladder's first stage already extends the base model
+    ladders = {"tiny": (["tiny_1k", "tiny_2k", "tiny_4k"], 1), "llama": (["128k", "256k", "512k", "1m"], 4)}
+    for model, (stages, first) in ladders.items():
+        extra = [f"model={model}", *TRAIN_REQUIRED.get(model, [])]
+        start = _compose("train", [*extra, f"stage={stages[0]}"]).stage.seq_len
+        for i, stage in enumerate(stages):
+            cfg = _compose("train", [*extra, f"stage={stage}"])
+            assert cfg.stage.rope_theta == cfg.model.rope_theta * first * 4 ** i, stage
+            assert cfg.stage.seq_len == start * 2 ** i, stage
+            if i:
+                assert cfg.stage.previous == stages[i - 1]
+                assert cfg.stage.init_from == f"{cfg.out_dir}/{stages[i - 1]}/hf"
+            assert cfg.stage.seq_len % (2 * cfg.stage.cp_degree * 128) == 0, stage

@@ -1,0 +1,116 @@
+"""train.py as a user runs it: real processes, the tiny model on the passkey task, stage chains,
+the ring over two gloo processes, SIGKILL and resume, and every bad start refused."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+
+SMALL = ["data.sources.0.samples=60", "stage.warmup_steps=2"]
+
+
+def _train(data_dir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SELFLONG_DATA": str(data_dir)}
+    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _losses(data_dir: Path, stage: str) -> list[float]:
+    with open(data_dir / "train" / stage / "logs" / "metrics.csv") as f:
+        return [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+
+
+def _final_loss(stdout: str) -> float:
+    return float(stdout.split("final loss ")[1].split(",")[0])
+
+
+@pytest.mark.slow
+def test_tiny_stage_learns_and_the_next_stage_starts_from_its_export_with_theta_x4(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    first = _train(tmp_path, "stage.max_steps=40", "data.sources.0.samples=200", "stage.warmup_steps=5")
+    assert first.returncode == 0, first.stderr[-3000:]
+    losses = _losses(tmp_path, "tiny_1k")
+    assert len(losses) == 40 and sum(losses[-5:]) / 5 < losses[0] - 1.0, losses
+    hf = tmp_path / "train" / "tiny_1k" / "hf"
+    assert json.loads((hf / "config.json").read_text())["rope_parameters"]["rope_theta"] == 10000.0
+
+    second = _train(tmp_path, "stage=tiny_2k", "stage.max_steps=3", *SMALL)
+    assert second.returncode == 0, second.stderr[-3000:]
+    config = json.loads((tmp_path / "train" / "tiny_2k" / "hf" / "config.json").read_text())
+    assert config["rope_parameters"]["rope_theta"] == 40000.0 and config["max_position_embeddings"] == 2048
+    # it started from the trained weights, not a random init (whose loss is about ln 261 = 5.56)
+    assert _losses(tmp_path, "tiny_2k")[0] < losses[0] - 0.8
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "train" / "tiny_2k" / "hf")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "train" / "tiny_2k" / "hf")
+    assert model.model.rotary_emb.inv_freq[1] == pytest.approx(40000.0 ** (-2 / 32))
+    ids = tokenizer("The secret key for Ada is", return_tensors="pt").input_ids
+    assert model(input_ids=ids).logits.shape == (1, ids.shape[1], 261)
+
+
+@pytest.mark.slow
+def test_ring_over_two_processes_gives_the_loss_of_one_process_with_sdpa(tmp_path):
+    one = _train(tmp_path / "one", "stage.max_steps=3", *SMALL)
+    assert one.returncode == 0, one.stderr[-3000:]
+    ring = _train(tmp_path / "ring", "stage.max_steps=3", *SMALL, "attention=ring", "stage.cp_degree=2",
+                  "trainer.devices=2", "trainer.strategy=ddp_spawn")
+    assert ring.returncode == 0, ring.stderr[-3000:]
+    want, got = _losses(tmp_path / "one", "tiny_1k"), _losses(tmp_path / "ring", "tiny_1k")
+    assert len(got) == len(want) == 3
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(want), atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_stage_resumes_from_last_ckpt_to_the_same_loss(tmp_path):
+    args = ["stage.max_steps=10", "stage.checkpoint_every=2", *SMALL]
+    whole = _train(tmp_path / "whole", *args)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    stage = tmp_path / "cut" / "train" / "tiny_1k"
+    env = {**os.environ, "SELFLONG_DATA": str(tmp_path / "cut")}
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (stage / "last.ckpt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (stage / "hf").exists(), "the run finished before it could be killed"
+    step = torch.load(stage / "last.ckpt", weights_only=False)["global_step"]
+    assert 2 <= step < 10
+    resumed = _train(tmp_path / "cut", *args, "ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Restored all states" in resumed.stderr
+    assert _final_loss(resumed.stdout) == pytest.approx(_final_loss(whole.stdout), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_bad_starts_are_refused_with_what_to_do(tmp_path):
+    cases = [
+        (["stage=tiny_2k"], f"stage tiny_2k starts from {tmp_path}/train/tiny_1k/hf, which does not exist: "
+                            "stage tiny_1k has not been exported there. Make it first: "
+                            "python train.py model=tiny stage=tiny_1k"),
+        (["stage.seq_len=1000"], "seq_len=1000 is not divisible by 2 x 128 = 256"),
+        (["attention=ring", "stage.cp_degree=2", "trainer.devices=2", "stage.seq_len=1280"],
+         "seq_len=1280 is not divisible by 4 x 128 = 512"),
+        (["stage.cp_degree=2"], "stage.cp_degree=2 needs attention=ring (got attention=sdpa)"),
+        (["attention=ring", "stage.cp_degree=2"], "1 processes (trainer.devices x trainer.num_nodes) cannot form"),
+        (["ckpt_path=last"], f"ckpt_path=last: {tmp_path}/train/tiny_1k/last.ckpt does not exist"),
+        (["data=selflong"], f"data file {tmp_path}/synth/samples.jsonl does not exist"),
+    ]
+    env = {**os.environ, "SELFLONG_DATA": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for args, _ in cases]  # all at once: they are short
+    for (args, message), proc in zip(cases, procs):
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 2, (args, stderr[-2000:])
+        assert message in stderr, (args, stderr[-2000:])
+        assert not (tmp_path / "train").exists() or not any((tmp_path / "train").rglob("*.ckpt")), args
