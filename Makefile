@@ -36,6 +36,8 @@ else
 	@echo "  SELFLONG_LLM_URL=http://127.0.0.1:8000/v1 SELFLONG_LLM_MODEL=meta-llama/Llama-3.1-8B-Instruct make demo"
 	@echo "(OPENAI_API_KEY is read from the environment when the server needs a key.)"
 endif
+	SELFLONG_DATA=$(DEMO_DIR) $(PY) train.py model=tiny stage=tiny_1k
+	SELFLONG_DATA=$(DEMO_DIR) $(PY) train.py model=tiny stage=tiny_2k
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

@@ -1,7 +1,7 @@
 """A programmatic, learnable long-context task for `model=tiny`: find a passkey in a haystack.
 
-The haystack is Python's own documentation (`pydoc_data.topics`, always installed) with every digit
-replaced by `#`, so the 5 distinct digits of the key are the only digits in the text. A needle
+The haystack is Python's own documentation (`pydoc_data.topics`, always installed, ASCII only) with
+every digit replaced by `#`, so the 5 distinct digits of the key are the only digits in the text. A needle
 ` The secret key for <Name> is <key>. ` sits at a random depth and the text ends with the question
 and the answer: `...What is the secret key for <Name>? The secret key for <Name> is <key>`.
 Training split: the first 90% of the haystack; evaluation: the rest.
@@ -21,7 +21,7 @@ def haystack(split: str = "train") -> str:
     from pydoc_data.topics import topics
 
     text = re.sub(r"[0-9]", "#", " ".join(topics[k] for k in sorted(topics)))
-    text = re.sub(r"\s+", " ", text)
+    text = re.sub(r"\s+", " ", text).encode("ascii", "ignore").decode()  # one byte per character
     cut = int(len(text) * 0.9)
     return text[:cut] if split == "train" else text[cut:]
 
