@@ -8,6 +8,7 @@ checkpointing per chunk), so peak memory is one chunk's logits, not the sequence
 from __future__ import annotations
 
 import torch
+from torch import nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
@@ -37,3 +38,21 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: to
         else:
             total = total + _chunk_loss(hidden[sl], weight, labels[sl])
     return total, (labels != IGNORE_INDEX).sum()
+
+
+class ChunkedLossLM(nn.Module):
+    """A Hugging Face causal LM whose forward returns (summed loss, label count) through the chunked
+    loss instead of logits. Being the module that is called, it is the one FSDP wraps at the root:
+    its forward gathers the embeddings, final norm and LM head (tied or not) and frees them after."""
+
+    def __init__(self, model: nn.Module, chunk_tokens: int = 4096) -> None:
+        super().__init__()
+        self.model, self.chunk_tokens = model, chunk_tokens
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor,
+                **attention_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """input ids, shifted labels, global positions `[B, S_local]` -> (loss sum, count)."""
+        hidden = self.model.base_model(input_ids=input_ids, position_ids=position_ids,
+                                       **attention_kwargs).last_hidden_state  # [B, S_local, H]
+        weight = self.model.get_output_embeddings().weight  # [V, H]
+        return chunked_cross_entropy(hidden, weight, labels, self.chunk_tokens)

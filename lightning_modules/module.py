@@ -13,7 +13,7 @@ import torch.distributed as dist
 from lightning_modules import attention
 from lightning_modules.context_parallel import shard_batch
 from lightning_modules.errors import ConfigError
-from lightning_modules.loss import chunked_cross_entropy
+from lightning_modules.loss import ChunkedLossLM
 from lightning_modules.model import build_model
 
 
@@ -40,11 +40,16 @@ class LongContextLM(L.LightningModule):
                  peak_tflops: float | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = None
+        self.net: ChunkedLossLM | None = None
         self.cp_group, self.cp_rank = None, 0
         self._t0 = 0.0
 
     # --- model -----------------------------------------------------------------------------------
+
+    @property
+    def model(self):
+        """The Hugging Face model (what is exported)."""
+        return self.net.model if self.net is not None else None
 
     def _context_parallel_groups(self) -> None:
         """Consecutive ranks form a context-parallel group (on one node, where the links are fast)."""
@@ -62,22 +67,25 @@ class LongContextLM(L.LightningModule):
 
     def configure_model(self) -> None:
         """Build the model once per process, after the process group exists (FSDP wraps it here)."""
-        if self.model is not None:
+        if self.net is not None:
             return
         h = self.hparams
         self._context_parallel_groups()
-        self.model = build_model(h.init_from, h.model_config, h.rope_theta, h.seq_len, h.attention)
+        model = build_model(h.init_from, h.model_config, h.rope_theta, h.seq_len, h.attention)
+        model.train()  # from_pretrained returns eval mode, where HF skips gradient checkpointing
         if h.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.net = ChunkedLossLM(model, h.loss_chunk_tokens)
         if h.fsdp:
             from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import fully_shard
 
-            # CP ranks hold the same parameters: shard over every rank (dp x cp flattened)
-            mesh = init_device_mesh(self.device.type, (dist.get_world_size(),))
-            for layer in self.model.base_model.layers:
+            # CP ranks hold the same parameters: shard over every rank (dp x cp flattened); one unit
+            # per decoder layer, and the root (embeddings, norm, head) around the loss's forward
+            mesh = init_device_mesh("cuda" if torch.cuda.is_available() else "cpu", (dist.get_world_size(),))
+            for layer in model.base_model.layers:
                 fully_shard(layer, mesh=mesh)
-            fully_shard(self.model, mesh=mesh)
+            fully_shard(self.net, mesh=mesh)
 
     # --- training --------------------------------------------------------------------------------
 
@@ -90,10 +98,7 @@ class LongContextLM(L.LightningModule):
         kwargs = {"doc_ids": part.doc_ids}
         if h.attention in ("sdpa", "eager"):
             kwargs = {"attention_mask": document_mask(part.doc_ids)}
-        hidden = self.model.base_model(input_ids=part.input_ids, position_ids=part.position_ids,
-                                       **kwargs).last_hidden_state  # [B, S_local, H]
-        weight = self.model.get_output_embeddings().weight  # [V, H]
-        loss_sum, count = chunked_cross_entropy(hidden, weight, part.labels, h.loss_chunk_tokens)
+        loss_sum, count = self.net(part.input_ids, part.labels, part.position_ids, **kwargs)
         totals = torch.stack([loss_sum.detach(), count.to(loss_sum.dtype)])
         world = 1
         if dist.is_available() and dist.is_initialized():

@@ -11,9 +11,9 @@ from lightning_modules.errors import ConfigError
 
 
 def register_resolvers() -> None:
-    """`${mul:a,b}` for stage tables (θ = base x 4^k)."""
+    """`${mul:a,b}`: θ = base x 4^k in stage tables, devices x nodes in trainer=fsdp."""
     if not OmegaConf.has_resolver("mul"):
-        OmegaConf.register_new_resolver("mul", lambda a, b: float(a) * float(b))
+        OmegaConf.register_new_resolver("mul", lambda a, b: a * b)
 
 
 def check_stage(*, name: str, previous: str | None, init_from: str | None, seq_len: int, cp_degree: int,

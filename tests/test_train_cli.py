@@ -70,6 +70,26 @@ def test_ring_over_two_processes_gives_the_loss_of_one_process_with_sdpa(tmp_pat
 
 
 @pytest.mark.slow
+def test_fsdp_with_the_ring_gives_the_loss_and_weights_of_one_process(tmp_path):
+    """trainer=fsdp (FSDP2 over both ranks) with the ring over the same two ranks, on CPU and gloo."""
+    from safetensors.torch import load_file
+
+    one = _train(tmp_path / "one", "stage.max_steps=3", *SMALL)
+    assert one.returncode == 0, one.stderr[-3000:]
+    fsdp = _train(tmp_path / "fsdp", "stage.max_steps=3", *SMALL, "trainer=fsdp", "trainer.accelerator=cpu",
+                  "trainer.devices=2", "trainer.precision=32-true", "trainer.enable_progress_bar=false",
+                  "attention=ring", "stage.cp_degree=2")
+    assert fsdp.returncode == 0, fsdp.stderr[-3000:]
+    torch.testing.assert_close(torch.tensor(_losses(tmp_path / "fsdp", "tiny_1k")),
+                               torch.tensor(_losses(tmp_path / "one", "tiny_1k")), atol=5e-5, rtol=5e-5)
+    assert (tmp_path / "fsdp" / "train" / "tiny_1k" / "last.ckpt").is_dir()  # a distributed checkpoint
+    want = load_file(tmp_path / "one" / "train" / "tiny_1k" / "hf" / "model.safetensors")
+    got = load_file(tmp_path / "fsdp" / "train" / "tiny_1k" / "hf" / "model.safetensors")
+    for name, tensor in want.items():  # the gathered export equals the unsharded run's weights
+        torch.testing.assert_close(got[name], tensor, atol=1e-4, rtol=1e-4, msg=name)
+
+
+@pytest.mark.slow
 def test_a_run_killed_mid_stage_resumes_from_last_ckpt_to_the_same_loss(tmp_path):
     args = ["stage.max_steps=10", "stage.checkpoint_every=2", *SMALL]
     whole = _train(tmp_path / "whole", *args)
