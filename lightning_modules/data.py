@@ -84,7 +84,7 @@ def read_messages(path: str) -> list[list[dict]]:
                     record = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ConfigError(f"{path}:{n} is not JSON ({e.msg}); fix or remove that line") from None
-                if not isinstance(record.get("messages"), list):
+                if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
                     raise ConfigError(f"{path}:{n} has no 'messages' list")
                 rows.append(record["messages"])
     for n, messages in enumerate(rows, 1):
