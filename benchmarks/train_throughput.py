@@ -24,10 +24,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-TINY = dict(vocab_size=261, hidden_size=128, intermediate_size=336, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=4, tie_word_embeddings=True)
 LLAMA_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                 num_attention_heads=32, num_key_value_heads=8, head_dim=64, tie_word_embeddings=True)
 
@@ -54,7 +53,13 @@ def worker(seq_len: int, gpu: bool, steps: int) -> dict:
 
     torch.manual_seed(0)
     device = "cuda" if gpu else "cpu"
-    config = {**(LLAMA_1B if gpu else TINY), "max_position_embeddings": seq_len}
+    if gpu:
+        base = LLAMA_1B
+    else:  # the trainer's model=tiny, read from its config file
+        from omegaconf import OmegaConf
+
+        base = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / "tiny.yaml"), resolve=True)["config"]
+    config = {**base, "max_position_embeddings": seq_len}
     model = build_model(None, config, 500000.0 if gpu else 10000.0, seq_len, "flash" if gpu else "sdpa").to(device)
     if gpu:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -19,9 +19,6 @@ import torch.distributed as dist
 from kernels.reference import block_attn, block_attn_backward
 from kernels.ring_attn import RingComm, ring_attn
 
-IMPLEMENTATIONS = ("triton_attn", "ring")  # no "flash" in a name: transformers takes any such name for its FA family
-
-
 @dataclass
 class _ContextParallel:
     group: dist.ProcessGroup | None = None
@@ -101,6 +98,7 @@ def register() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
 
+    # no "flash" in a name: transformers takes any such name for its own flash-attention family
     for name, fn in (("triton_attn", flash_attention_forward), ("ring", ring_attention_forward)):
         AttentionInterface.register(name, fn)
         AttentionMaskInterface.register(name, flash_attention_mask)  # None, or the 2-D padding mask

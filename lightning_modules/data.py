@@ -249,11 +249,8 @@ class PackedDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Batches from the step the trainer is at (0, or where a resumed run stopped)."""
-        trainer = self.trainer
-        accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
-        world = trainer.world_size if trainer is not None else 1
-        rank = trainer.global_rank if trainer is not None else 0
-        start = (trainer.global_step if trainer is not None else 0) * accumulate
-        sampler = StepBatchSampler(len(self.rows), self.batch_size, world // self.cp_degree, rank // self.cp_degree,
-                                   self.seed, start, self.max_steps * accumulate)
+        trainer, accumulate = self.trainer, self.trainer.accumulate_grad_batches
+        sampler = StepBatchSampler(len(self.rows), self.batch_size, trainer.world_size // self.cp_degree,
+                                   trainer.global_rank // self.cp_degree, self.seed,
+                                   trainer.global_step * accumulate, self.max_steps * accumulate)
         return DataLoader(self.rows, batch_sampler=sampler, num_workers=self.num_workers)

@@ -10,18 +10,12 @@ import lightning as L
 import torch
 import torch.distributed as dist
 
+from kernels.reference import visibility
 from lightning_modules import attention
 from lightning_modules.context_parallel import shard_batch
 from lightning_modules.errors import ConfigError
 from lightning_modules.loss import ChunkedLossLM
 from lightning_modules.model import build_model
-
-
-def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
-    """Causal, same-document boolean mask `[B, 1, S, S]` for attention implementations that take one."""
-    s = doc_ids.shape[1]
-    causal = torch.ones(s, s, dtype=torch.bool, device=doc_ids.device).tril()
-    return (causal & (doc_ids[:, :, None] == doc_ids[:, None, :]))[:, None]
 
 
 def flops_per_token(n_params: int, n_layers: int, hidden: int, seq_len: int) -> float:
@@ -41,7 +35,8 @@ class LongContextLM(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.net: ChunkedLossLM | None = None
-        self.cp_group, self.cp_rank = None, 0
+        self.cp_group, self.cp_rank, self.world = None, 0, 1
+        self._flops_per_token = 0.0
         self._t0 = 0.0
 
     # --- model -----------------------------------------------------------------------------------
@@ -55,11 +50,12 @@ class LongContextLM(L.LightningModule):
         """Consecutive ranks form a context-parallel group (on one node, where the links are fast)."""
         cp = self.hparams.cp_degree
         if dist.is_available() and dist.is_initialized():
-            world, rank = dist.get_world_size(), dist.get_rank()
-            if world % cp:
-                raise ConfigError(f"{world} processes cannot be split into context-parallel groups of "
+            self.world, rank = dist.get_world_size(), dist.get_rank()
+            if self.world % cp:
+                raise ConfigError(f"{self.world} processes cannot be split into context-parallel groups of "
                                   f"stage.cp_degree={cp}; use a multiple of {cp} devices")
-            groups = [dist.new_group(list(range(s, s + cp))) for s in range(0, world, cp)]  # every rank makes all
+            # every rank makes every group (new_group is collective)
+            groups = [dist.new_group(list(range(s, s + cp))) for s in range(0, self.world, cp)]
             self.cp_group, self.cp_rank = groups[rank // cp], rank % cp
         elif cp != 1:
             raise ConfigError(f"stage.cp_degree={cp} needs {cp} processes (trainer.devices x trainer.num_nodes)")
@@ -76,13 +72,16 @@ class LongContextLM(L.LightningModule):
         if h.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.net = ChunkedLossLM(model, h.loss_chunk_tokens)
+        n = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+        self._flops_per_token = flops_per_token(n, model.config.num_hidden_layers, model.config.hidden_size,
+                                                h.seq_len)  # counted before FSDP shards the parameters
         if h.fsdp:
             from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import fully_shard
 
             # CP ranks hold the same parameters: shard over every rank (dp x cp flattened); one unit
             # per decoder layer, and the root (embeddings, norm, head) around the loss's forward
-            mesh = init_device_mesh("cuda" if torch.cuda.is_available() else "cpu", (dist.get_world_size(),))
+            mesh = init_device_mesh("cuda" if torch.cuda.is_available() else "cpu", (self.world,))
             for layer in model.base_model.layers:
                 fully_shard(layer, mesh=mesh)
             fully_shard(self.net, mesh=mesh)
@@ -96,17 +95,17 @@ class LongContextLM(L.LightningModule):
         part = shard_batch(batch["input_ids"], batch["labels"], batch["doc_ids"], world=h.cp_degree,
                            rank=self.cp_rank, layout=h.layout)
         kwargs = {"doc_ids": part.doc_ids}
-        if h.attention in ("sdpa", "eager"):
-            kwargs = {"attention_mask": document_mask(part.doc_ids)}
+        if h.attention in ("sdpa", "eager"):  # a dense causal, same-document mask [B, 1, S, S]
+            b, s = part.input_ids.shape
+            kwargs = {"attention_mask": visibility(b, s, s, True, part.position_ids, part.position_ids, part.doc_ids,
+                                                   part.doc_ids, part.input_ids.device)}
         loss_sum, count = self.net(part.input_ids, part.labels, part.position_ids, **kwargs)
         totals = torch.stack([loss_sum.detach(), count.to(loss_sum.dtype)])
-        world = 1
-        if dist.is_available() and dist.is_initialized():
+        if self.world > 1:
             dist.all_reduce(totals)
-            world = dist.get_world_size()
         self.log("train/loss", totals[0] / totals[1].clamp(min=1), prog_bar=True, rank_zero_only=True)
         self.log("train/tokens", totals[1], reduce_fx="sum", rank_zero_only=True)
-        return loss_sum * world / totals[1].clamp(min=1)
+        return loss_sum * self.world / totals[1].clamp(min=1)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         self._t0 = time.perf_counter()
@@ -115,14 +114,11 @@ class LongContextLM(L.LightningModule):
         """Log tokens/s over all ranks' distinct tokens and, with `peak_tflops` set, an MFU estimate."""
         h = self.hparams
         seconds = max(time.perf_counter() - self._t0, 1e-9)
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        tokens = batch["input_ids"].numel() * (world // h.cp_degree)  # a CP group shares its rows
+        tokens = batch["input_ids"].numel() * (self.world // h.cp_degree)  # a CP group shares its rows
         self.log("train/tokens_per_s", tokens / seconds, rank_zero_only=True)
         if h.peak_tflops:
-            cfg = self.model.config
-            n = sum(p.numel() for p in self.model.parameters()) - self.model.get_input_embeddings().weight.numel()
-            achieved = tokens / seconds * flops_per_token(n, cfg.num_hidden_layers, cfg.hidden_size, h.seq_len)
-            self.log("train/mfu", achieved / (h.peak_tflops * 1e12 * world), rank_zero_only=True)
+            achieved = tokens / seconds * self._flops_per_token
+            self.log("train/mfu", achieved / (h.peak_tflops * 1e12 * self.world), rank_zero_only=True)
 
     def configure_optimizers(self):
         """AdamW (no decay on vectors), linear warmup then constant or cosine to 10%."""

@@ -18,10 +18,13 @@ from tests.conftest import ROOT
 SMALL = ["data.sources.0.samples=60", "stage.warmup_steps=2"]
 
 
+def _env(data_dir: Path) -> dict[str, str]:
+    return {**os.environ, "SELFLONG_DATA": str(data_dir)}
+
+
 def _train(data_dir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SELFLONG_DATA": str(data_dir)}
-    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=_env(data_dir), capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def _losses(data_dir: Path, stage: str) -> list[float]:
@@ -95,9 +98,8 @@ def test_a_run_killed_mid_stage_resumes_from_last_ckpt_to_the_same_loss(tmp_path
     whole = _train(tmp_path / "whole", *args)
     assert whole.returncode == 0, whole.stderr[-3000:]
     stage = tmp_path / "cut" / "train" / "tiny_1k"
-    env = {**os.environ, "SELFLONG_DATA": str(tmp_path / "cut")}
-    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=_env(tmp_path / "cut"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not (stage / "last.ckpt").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -126,8 +128,7 @@ def test_bad_starts_are_refused_with_what_to_do(tmp_path):
         (["ckpt_path=last"], f"ckpt_path=last: {tmp_path}/train/tiny_1k/last.ckpt does not exist"),
         (["data=selflong"], f"data file {tmp_path}/synth/samples.jsonl does not exist"),
     ]
-    env = {**os.environ, "SELFLONG_DATA": str(tmp_path)}
-    procs = [subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=_env(tmp_path), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for args, _ in cases]  # all at once: they are short
     for (args, message), proc in zip(cases, procs):
         _, stderr = proc.communicate(timeout=300)
