@@ -36,8 +36,17 @@ else
 	@echo "  SELFLONG_LLM_URL=http://127.0.0.1:8000/v1 SELFLONG_LLM_MODEL=meta-llama/Llama-3.1-8B-Instruct make demo"
 	@echo "(OPENAI_API_KEY is read from the environment when the server needs a key.)"
 endif
+	@echo "Programmatic training data (passkeys in the digit-free Python docs), from the one needle generator:"
+	$(PY) evaluate.py task=passkey export_training=$(DEMO_DIR)/passkey/train_1024.jsonl export.seq_len=1024
+	$(PY) evaluate.py task=passkey export_training=$(DEMO_DIR)/passkey/train_2048.jsonl export.seq_len=2048
 	SELFLONG_DATA=$(DEMO_DIR) $(PY) train.py model=tiny stage=tiny_1k
 	SELFLONG_DATA=$(DEMO_DIR) $(PY) train.py model=tiny stage=tiny_2k
+	@echo "NIAH of both stages through transformers serve (lengths past a stage's own are run on purpose):"
+	for stage in tiny_1k tiny_2k; do \
+		$(PY) evaluate.py target=checkpoint target.path=$(DEMO_DIR)/train/$$stage/hf target.allow_longer=true \
+			task=passkey 'task.lengths=[512,1024,2048]' out_dir=$(DEMO_DIR)/eval/$$stage progress=false || exit 1; \
+	done
+	@echo "Heatmaps: $(DEMO_DIR)/eval/tiny_1k/heatmap_passkey.png $(DEMO_DIR)/eval/tiny_2k/heatmap_passkey.png"
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

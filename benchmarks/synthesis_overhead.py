@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ from agents.store import ChromaStore
 from graphs import synthesis
 from graphs.context import SynthContext
 from graphs.run import make_jobs, output_paths, run_jobs
-from tests.servers import free_port
+from tests.servers import serve_in_process
 
 
 def control(url: str) -> dict:
@@ -92,17 +91,8 @@ def main() -> None:
     parser.add_argument("--target", type=int, default=3000, help="sample length in MiniLM tokens")
     args = parser.parse_args()
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/v1"
-    server = subprocess.Popen([sys.executable, "-m", "tests.servers", "--port", str(port), "--chat-latency",
-                               str(args.latency), "--record-bodies"], cwd=ROOT)
+    server, url = serve_in_process(args.latency, record_bodies=True)
     try:
-        for _ in range(200):
-            try:
-                httpx.get(f"{url}/models", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.05)
         tmp = Path(tempfile.mkdtemp())
         spec = {"_target_": "agents.embedder.OpenAIEmbedder", "model": "hash-embed", "base_url": url,
                 "name": "hash-embed", "query_prefix": "", "tokenizer": str(minilm_path())}

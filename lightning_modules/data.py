@@ -1,5 +1,6 @@
-"""Training data: synthesis JSONL and short instruction data (JSONL or parquet with `messages`), and
-the programmatic passkey task, mixed, tokenized with the chat template, packed to the stage length.
+"""Training data: `messages` JSONL or parquet files only (synthesis samples, short instruction data, the
+programmatic needle data that `evaluate.py ... export_training=` writes), mixed, tokenized with the chat
+template, packed to the stage length.
 
 - Loss policy per source: `all` (every token, the paper's choice for long samples) or `responses`
   (assistant turns only, for short instruction data).
@@ -27,7 +28,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lightning_modules.context_parallel import IGNORE_INDEX
 from lightning_modules.errors import ConfigError
-from lightning_modules.passkey import haystack, passkey_text
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +36,10 @@ log = logging.getLogger(__name__)
 class Source:
     """One entry of the data mixture."""
 
-    format: str = "messages"  # "messages": JSONL / parquet rows with `messages`; "passkey": generated
+    format: str = "messages"  # JSONL / parquet rows with `messages`
     path: str | None = None
     weight: float = 1.0
     loss: str = "all"  # "all" or "responses"
-    samples: int = 1000  # passkey: samples per data epoch
-    min_fraction: float = 0.25  # passkey: lengths drawn from [min_fraction, 1] x seq_len
 
 
 @dataclass
@@ -66,7 +64,8 @@ def read_messages(path: str) -> list[list[dict]]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"data file {path} does not exist; fix data.sources[].path or make it "
-                          f"(python synthesize.py writes samples.jsonl)")
+                          f"(python synthesize.py writes samples.jsonl; python evaluate.py task=passkey "
+                          f"export_training={path} export.seq_len=<stage length> writes the passkey task)")
     rows: list[list[dict]] = []
     if p.suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -113,20 +112,6 @@ def tokenize_messages(tokenizer, messages: list[dict], loss: str) -> tuple[np.nd
         span = (starts >= len(before)) & (starts < len(through))
         labels[span] = ids[span]
     return ids, labels
-
-
-def passkey_samples(tokenizer, source: Source, seq_len: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Generated passkey samples: [BOS] + ASCII bytes, lengths in [min_fraction, 1] x seq_len tokens."""
-    rng = random.Random(seed)
-    hay = haystack("train")
-    out = []
-    for _ in range(source.samples):
-        n = rng.randint(max(64, int(source.min_fraction * seq_len)), seq_len)
-        text, _ = passkey_text(rng, n - 1, hay)
-        ids = np.asarray([tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"],
-                         dtype=np.int64)
-        out.append((ids, ids.copy()))
-    return out
 
 
 def pack(samples: list[tuple[np.ndarray, np.ndarray]], seq_len: int, pad_id: int,
@@ -217,17 +202,15 @@ class PackedDataModule(L.LightningDataModule):
         for i, source in enumerate(self.sources):
             if source.loss not in ("all", "responses"):
                 raise ConfigError(f"data.sources[{i}].loss must be 'all' or 'responses', not {source.loss!r}")
-            if source.format == "passkey":
-                items = passkey_samples(self.tokenizer, source, self.seq_len, self.seed + i)
-            elif source.format == "messages":
-                if not source.path:
-                    raise ConfigError(f"data.sources[{i}] (format messages) needs a path")
-                items = [tokenize_messages(self.tokenizer, m, source.loss) for m in read_messages(source.path)]
-            else:
-                raise ConfigError(f"data.sources[{i}].format must be 'messages' or 'passkey', not {source.format!r}")
+            if source.format != "messages":
+                raise ConfigError(f"data.sources[{i}].format must be 'messages', not {source.format!r} (generated "
+                                  f"tasks reach training as files: see conf/data/passkey.yaml)")
+            if not source.path:
+                raise ConfigError(f"data.sources[{i}] (format messages) needs a path")
+            items = [tokenize_messages(self.tokenizer, m, source.loss) for m in read_messages(source.path)]
             whole, part = divmod(source.weight, 1.0)
             chosen = items * int(whole) + rng.sample(items, int(round(part * len(items))))
-            self.stats.per_source[source.path or source.format] = len(chosen)
+            self.stats.per_source[source.path] = len(chosen)
             mixed += chosen
         rng.shuffle(mixed)
         return mixed

@@ -16,6 +16,35 @@ from tests.servers import RunningServer, ServerControl, build_app
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def compose(config: str, overrides: list[str]):
+    """A shipped config composed as its entry point composes it (resolvers registered)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from evals.evaluation import register_resolvers
+    from lightning_modules.stages import register_resolvers as register_train_resolvers
+
+    register_resolvers()
+    register_train_resolvers()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name=config, overrides=overrides)
+
+
+def write_passkey(path: Path, seq_len: int, samples: int, seed: int = 0) -> Path:
+    """The passkey task's training JSONL for model=tiny, as `evaluate.py task=passkey export_training=` writes it."""
+    from omegaconf import OmegaConf
+
+    from evals.evaluation import export_training
+    from lightning_modules.model import load_tokenizer
+
+    if path.exists():
+        return path
+    cfg = compose("evaluate", ["task=passkey"])
+    task = OmegaConf.to_container(cfg.task, resolve=True)
+    return export_training(str(path), load_tokenizer(cfg.export.tokenizer), task, seq_len, samples,
+                           cfg.export.min_fraction, seed)
+
+
 @pytest.fixture(scope="session")
 def minilm():
     """The bundled all-MiniLM-L6-v2 embedder, loaded once for the whole run."""

@@ -14,9 +14,12 @@ import random
 import re
 import time
 import socket
+import subprocess
+import sys
 import threading
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import uvicorn
@@ -59,17 +62,22 @@ class ServerControl:
     bodies: list[dict] = field(default_factory=list)  # chat request bodies, when record_bodies
     record_bodies: bool = False
     busy_seconds: float = 0.0  # summed duration of chat requests (mean in flight = busy / wall)
+    answer_mode: str = "oracle"  # evaluation replies: "oracle" (the needle's answer) or "wrong"
+    completion_requests: int = 0  # /v1/completions requests received
+    qa_answers: dict = field(default_factory=dict)  # question -> answer, for RULER's QA tasks
     _rng: random.Random | None = None
 
     def reset(self) -> None:
         """Back to a healthy, fast, open server with zeroed counters."""
         fresh = ServerControl()
         for name in self.__dataclass_fields__:
-            if name not in ("inputs", "faults", "bodies", "in_flight"):  # an earlier test's requests may still run
+            # an earlier test's requests may still run
+            if name not in ("inputs", "faults", "bodies", "in_flight", "qa_answers"):
                 setattr(self, name, getattr(fresh, name))
         self.inputs.clear()
         self.faults.clear()
         self.bodies.clear()
+        self.qa_answers.clear()
 
     def draw_fault(self) -> str | None:
         """The fault for the next chat request, if any (seeded, so runs are repeatable)."""
@@ -112,7 +120,18 @@ def scripted_reply(messages: list[dict]) -> tuple[str, bool]:
         passage = _between(original, "[1]", "\n")
         return json.dumps({"reasoning": "Passage 1 is the most relevant: " + " ".join(passage.split()[:30]),
                            "answer": " ".join(passage.split()[:5]) or "unknown"}), True
-    return "I only know the selflong prompts.", False
+    return "", False
+
+
+def evaluation_reply(text: str, control: ServerControl) -> str:
+    """The reply to an evaluation prompt: its answer found in the prompt (`answer_mode="oracle"`), or a
+    reply holding none of it ("wrong")."""
+    if control.answer_mode == "wrong":
+        return " I could not find it."
+    from tests.evals.oracle import solve_any
+
+    found = solve_any(text, control.qa_answers)
+    return f" {found}" if found else " I only know the selflong prompts."
 
 
 def build_app(control: ServerControl) -> FastAPI:
@@ -177,6 +196,8 @@ def build_app(control: ServerControl) -> FastAPI:
             if fault == "timeout":
                 await asyncio.sleep(control.timeout_sleep)
             content, is_json = scripted_reply(body["messages"])
+            if not content:  # not a synthesis prompt: an evaluation one
+                content = evaluation_reply(body["messages"][-1]["content"], control).strip()
             finish = "stop"
             if fault == "malformed" and is_json:
                 content = content[: len(content) // 2]
@@ -201,10 +222,35 @@ def build_app(control: ServerControl) -> FastAPI:
             control.in_flight -= 1
             control.busy_seconds += time.perf_counter() - began
 
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        if not authorised(request):
+            return JSONResponse({"error": {"message": "invalid api key"}}, status_code=401)
+        body = await request.json()
+        control.completion_requests += 1
+        control.in_flight += 1
+        control.peak_in_flight = max(control.peak_in_flight, control.in_flight)
+        try:
+            if control.record_bodies:
+                control.bodies.append(body)
+            if control.chat_latency:
+                await asyncio.sleep(control.chat_latency)
+            if control.draw_fault() == "500":
+                return JSONResponse({"error": {"message": "injected 500"}}, status_code=500)
+            text = evaluation_reply(body["prompt"], control)
+            return {"id": f"cmpl-{control.completion_requests}", "object": "text_completion",
+                    "created": int(time.time()), "model": body["model"],
+                    "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
+                    "usage": {"prompt_tokens": len(body["prompt"].split()), "completion_tokens": len(text.split()),
+                              "total_tokens": len(body["prompt"].split()) + len(text.split())}}
+        finally:
+            control.in_flight -= 1
+
     @app.get("/debug/control")
     async def debug_control():
         """Counters and recorded bodies, for a benchmark running the server in another process."""
-        return {"chat_requests": control.chat_requests, "peak_in_flight": control.peak_in_flight,
+        return {"chat_requests": control.chat_requests, "completion_requests": control.completion_requests,
+                "peak_in_flight": control.peak_in_flight,
                 "busy_seconds": control.busy_seconds, "bodies": control.bodies}
 
     @app.post("/debug/reset")
@@ -246,6 +292,25 @@ class RunningServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+def serve_in_process(latency: float = 0.0, record_bodies: bool = False) -> tuple[subprocess.Popen, str]:
+    """The scripted endpoint in a process of its own (for benchmarks: no GIL shared with the client), up and
+    answering; returns the process (terminate it when done) and its URL ending in /v1."""
+    import httpx
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    cmd = [sys.executable, "-m", "tests.servers", "--port", str(port), "--chat-latency", str(latency)]
+    proc = subprocess.Popen(cmd + (["--record-bodies"] if record_bodies else []), cwd=Path(__file__).parents[1])
+    for _ in range(400):
+        try:
+            httpx.get(f"{url}/models", timeout=1)
+            return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    proc.terminate()
+    raise RuntimeError("the scripted server did not start")
 
 
 def main() -> None:

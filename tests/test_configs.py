@@ -114,3 +114,30 @@ def test_stage_ladder_doubles_length_and_multiplies_theta_by_four():
                 assert cfg.stage.previous == stages[i - 1]
                 assert cfg.stage.init_from == f"{cfg.out_dir}/{stages[i - 1]}/hf"
             assert cfg.stage.seq_len % (2 * cfg.stage.cp_degree * 128) == 0, stage
+
+
+EVAL_REQUIRED = {"checkpoint": ["target.path=/models/some-llama/hf"], "pregenerated": ["task.path=/data/ruler"]}
+
+
+@pytest.mark.parametrize("group,option",
+                         [(g, p.stem) for g in ("target", "task") for p in sorted((CONF / g).glob("*.yaml"))])
+def test_each_evaluate_option_composes_and_its_settings_are_known(group, option):
+    from omegaconf import OmegaConf
+
+    from evals.evaluation import KINDS
+    from tests.conftest import compose
+
+    cfg = compose("evaluate", [f"{group}={option}", *EVAL_REQUIRED.get(option, [])])
+    target, task = (OmegaConf.to_container(cfg[k], resolve=True) for k in ("target", "task"))
+    assert target["kind"] in ("endpoint", "checkpoint") and target["api"] in ("completions", "chat")
+    assert "/" not in target["name"] and task["kind"] in KINDS
+    assert cfg.out_dir.endswith(f"/eval/{target['name']}/{task['name']}")
+    if task["kind"] == "niah":
+        from evals.needles import NeedleFormat
+
+        NeedleFormat(**task["needle"])
+        assert task["needle"] == task["formats"][task["format"]]
+    if task["kind"] == "ruler":
+        from evals.ruler import TASKS
+
+        assert tuple(task["tasks"]) == TASKS

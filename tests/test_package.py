@@ -8,10 +8,11 @@ from tests.conftest import ROOT
 
 # package -> top-level modules it must not import
 FORBIDDEN = {
-    "agents": {"langgraph", "graphs", "lightning_modules", "kernels", "lightning"},
-    "graphs": {"lightning_modules", "kernels", "lightning"},
-    "lightning_modules": {"agents", "graphs", "langgraph", "chromadb", "openai"},
-    "kernels": {"agents", "graphs", "lightning_modules", "lightning", "transformers", "hydra", "omegaconf"},
+    "agents": {"langgraph", "graphs", "lightning_modules", "kernels", "lightning", "evals"},
+    "graphs": {"lightning_modules", "kernels", "lightning", "evals"},
+    "lightning_modules": {"agents", "graphs", "langgraph", "chromadb", "openai", "evals"},
+    "kernels": {"agents", "graphs", "lightning_modules", "lightning", "transformers", "hydra", "omegaconf", "evals"},
+    "evals": {"graphs", "lightning_modules", "kernels", "langgraph", "lightning"},
 }
 
 

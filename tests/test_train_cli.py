@@ -13,16 +13,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, write_passkey
 
-SMALL = ["data.sources.0.samples=60", "stage.warmup_steps=2"]
+SMALL = ["stage.warmup_steps=2"]
+STAGE_LENGTHS = {"tiny_1k": 1024, "tiny_2k": 2048}
 
 
 def _env(data_dir: Path) -> dict[str, str]:
     return {**os.environ, "SELFLONG_DATA": str(data_dir)}
 
 
-def _train(data_dir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def _train(data_dir: Path, *args: str, samples: int = 60, timeout: int = 300) -> subprocess.CompletedProcess:
+    """train.py in a subprocess, after writing the stage's passkey JSONL as `make demo` does (the one needle
+    generator, through the composed evaluate config)."""
+    stage = next((a.split("=", 1)[1] for a in args if a.startswith("stage=")), "tiny_1k")
+    write_passkey(data_dir / "passkey" / f"train_{STAGE_LENGTHS[stage]}.jsonl", STAGE_LENGTHS[stage], samples)
     return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=_env(data_dir), capture_output=True,
                           text=True, timeout=timeout)
 
@@ -40,7 +45,7 @@ def _final_loss(stdout: str) -> float:
 def test_tiny_stage_learns_and_the_next_stage_starts_from_its_export_with_theta_x4(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    first = _train(tmp_path, "stage.max_steps=40", "data.sources.0.samples=200", "stage.warmup_steps=5")
+    first = _train(tmp_path, "stage.max_steps=40", "stage.warmup_steps=5", samples=200)
     assert first.returncode == 0, first.stderr[-3000:]
     losses = _losses(tmp_path, "tiny_1k")
     assert len(losses) == 40 and sum(losses[-5:]) / 5 < losses[0] - 1.0, losses
@@ -98,6 +103,7 @@ def test_a_run_killed_mid_stage_resumes_from_last_ckpt_to_the_same_loss(tmp_path
     whole = _train(tmp_path / "whole", *args)
     assert whole.returncode == 0, whole.stderr[-3000:]
     stage = tmp_path / "cut" / "train" / "tiny_1k"
+    write_passkey(tmp_path / "cut" / "passkey" / "train_1024.jsonl", 1024, 60)
     proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=_env(tmp_path / "cut"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
@@ -127,6 +133,9 @@ def test_bad_starts_are_refused_with_what_to_do(tmp_path):
         (["attention=ring", "stage.cp_degree=2"], "1 processes (trainer.devices x trainer.num_nodes) cannot form"),
         (["ckpt_path=last"], f"ckpt_path=last: {tmp_path}/train/tiny_1k/last.ckpt does not exist"),
         (["data=selflong"], f"data file {tmp_path}/synth/samples.jsonl does not exist"),
+        ([], f"data file {tmp_path}/passkey/train_1024.jsonl does not exist; fix data.sources[].path or make it "
+             f"(python synthesize.py writes samples.jsonl; python evaluate.py task=passkey "
+             f"export_training={tmp_path}/passkey/train_1024.jsonl"),
     ]
     procs = [subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=_env(tmp_path), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for args, _ in cases]  # all at once: they are short

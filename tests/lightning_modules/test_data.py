@@ -102,17 +102,3 @@ def test_mixture_of_jsonl_and_parquet_with_weights(tmp_path):
     assert data.stats.rows == len(data.rows) and 0 < data.stats.fill <= 1
     row = data.rows[0]
     assert set(row) == {"input_ids", "labels", "doc_ids"} and row["input_ids"].shape == (512,)
-
-
-def test_passkey_samples_have_their_length_and_the_key_is_the_only_number():
-    import random
-    import re
-
-    from lightning_modules.passkey import haystack, passkey_text
-
-    rng, hay = random.Random(0), haystack("train")
-    for n in (300, 1023, 4095):
-        text, key = passkey_text(rng, n, hay)
-        assert len(text.encode()) == n and text.endswith(key)
-        assert len(set(key)) == 5 and key[0] != "0"
-        assert set(re.findall(r"[0-9]+", text)) == {key}

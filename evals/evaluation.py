@@ -1,0 +1,194 @@
+"""An evaluation from plain settings: the target (an endpoint, or a checkpoint served for the run), the
+task's plan, the run folder (resumable, refused if it holds a run with other settings), and the reports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from agents.errors import InputError
+from evals import report
+from evals.client import EvalClient
+from evals.prompting import PromptFormat
+from evals.runner import run_plan, summarize, write_atomic
+from evals.tasks import Plan, limit_lengths, niah_plan, pregenerated_plan, ruler_plan
+
+KINDS = ("niah", "ruler", "pregenerated")
+
+
+def target_format(target: dict) -> PromptFormat:
+    """The target's tokenizer and chat template: `target.tokenizer`, or the checkpoint folder itself."""
+    folder = target.get("tokenizer") or target.get("path")
+    if not folder:
+        raise InputError("set target.tokenizer to a local folder with the served model's tokenizer (prompts are "
+                         "rendered and counted with it)")
+    return PromptFormat.from_folder(folder, target.get("chat_template"), target.get("use_chat_template", True))
+
+
+def max_positions(target: dict) -> int | None:
+    """The target's context: `target.max_model_len`, else `max_position_embeddings` of its folder's config."""
+    if target.get("max_model_len"):
+        return int(target["max_model_len"])
+    for key in ("path", "tokenizer"):
+        config = Path(target.get(key) or "/nonexistent").expanduser() / "config.json"
+        if config.is_file():
+            return json.loads(config.read_text()).get("max_position_embeddings")
+    return None
+
+
+def build_plan(task: dict, fmt: PromptFormat, corpus, seed: int) -> Plan:
+    """The task's cells from its settings (`kind`: niah, ruler or pregenerated)."""
+    kind = task.get("kind")
+    if kind == "niah":
+        return niah_plan(fmt, haystack_text(task, corpus), task["needle"], task["name"], list(task["lengths"]),
+                         task["num_depths"], task["samples_per_cell"], seed, task.get("tolerance", 0.01))
+    if kind == "ruler":
+        essay = haystack_text({"haystack": "corpus", "mask_digits": False}, corpus)
+        return ruler_plan(fmt, list(task["tasks"]), list(task["lengths"]), task["num_samples"], seed, essay,
+                          dict(task.get("qa_files") or {}))
+    if kind == "pregenerated":
+        if not task.get("path"):
+            raise InputError("task=pregenerated needs task.path: a RULER-format .jsonl file or a folder of them")
+        return pregenerated_plan(task["path"])
+    raise InputError(f"task.kind must be one of {', '.join(KINDS)}, not {kind!r}")
+
+
+def haystack_text(task: dict, corpus) -> str:
+    """Filler text: the passkey task's digit-free documentation split, or the configured corpus."""
+    from evals.haystack import corpus_haystack, passkey_haystack
+
+    if task.get("haystack") == "passkey":
+        return passkey_haystack(task.get("split", "eval"))
+    if corpus is None:
+        raise InputError("this task needs a corpus for its haystack: set corpus=python_docs or corpus=files")
+    return corpus_haystack(corpus, mask_digits=task.get("mask_digits", False))
+
+
+@contextlib.contextmanager
+def open_client(target: dict) -> Iterator[EvalClient]:
+    """A client for the target: an endpoint as configured, or a checkpoint under `transformers serve`."""
+    from evals.serve import serve_checkpoint
+
+    common = {k: target[k] for k in ("api", "api_key_env", "max_in_flight", "timeout", "max_retries") if k in target}
+    if target["kind"] == "endpoint":
+        yield EvalClient(target["base_url"], target["model"], **common)
+    elif target["kind"] == "checkpoint":
+        with serve_checkpoint(target["path"], target.get("device", "auto"), target.get("startup_timeout", 600)) as url:
+            yield EvalClient(url, str(Path(target["path"]).expanduser()), **common)
+    else:
+        raise InputError(f"target.kind must be endpoint or checkpoint, not {target['kind']!r}")
+
+
+def fingerprint(target: dict, task: dict, seed: int) -> str:
+    """What decides a run's samples and replies; a folder holding another fingerprint is not resumed."""
+    keys = ("kind", "base_url", "model", "path", "tokenizer", "api", "chat_template", "use_chat_template")
+    blob = json.dumps([{k: target.get(k) for k in keys}, task, seed], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def prepare_folder(out_dir: Path, stamp: str, config_yaml: str) -> None:
+    """Create the run folder, or check that the one there holds this run."""
+    marker = out_dir / "run.json"
+    if marker.exists():
+        if json.loads(marker.read_text()).get("fingerprint") != stamp:
+            raise InputError(f"{out_dir} holds a run with other settings: set out_dir to a new folder, or remove "
+                             f"it to start over")
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(out_dir / "config.yaml", config_yaml)
+    write_atomic(marker, json.dumps({"fingerprint": stamp}))
+
+
+def evaluate(target: dict, task: dict, corpus, out_dir: str, seed: int, config_yaml: str, progress: bool = True,
+             ) -> dict:
+    """Run the task against the target into `out_dir`; returns what `scores.json` holds."""
+    from evals.serve import check_checkpoint
+
+    if target["kind"] == "checkpoint":
+        check_checkpoint(target["path"])
+    fmt = target_format(target)
+    plan = limit_lengths(build_plan(task, fmt, corpus, seed), max_positions(target), target.get("allow_longer", False))
+    if not plan.cells:
+        raise InputError(f"nothing to evaluate: {'; '.join(f'{k}: {v}' for k, v in plan.skipped.items())}")
+    for task_name in dict.fromkeys(c[0] for c in plan.cells):  # the shortest cell of each task must be makeable
+        plan.make(min((c for c in plan.cells if c[0] == task_name), key=lambda c: c[1]))
+    out = Path(out_dir)
+    with open_client(target) as client:
+        async def go() -> list[dict]:
+            try:
+                await client.preflight()
+                prepare_folder(out, fingerprint(target, task, seed), config_yaml)
+                return await run_plan(plan, client, out / "predictions.jsonl", progress)
+            finally:
+                await client.aclose()
+
+        rows = asyncio.run(go())
+    if target["kind"] == "endpoint":
+        label = str(target["model"])
+    else:
+        label = "/".join(Path(target["path"]).expanduser().parts[-2:])  # e.g. tiny_1k/hf
+    return write_reports(out, rows, plan, label, client.api, task)
+
+
+def write_reports(out: Path, rows: list[dict], plan: Plan, model: str, api: str, task: dict) -> dict:
+    """scores.json, scores.md, scores.csv, cells.csv and one heatmap per needle task."""
+    cells = summarize(rows)
+    scores = report.task_length_scores(cells)
+    means = report.length_means(scores)
+    result = {"model": model, "api": api, "task": task.get("name"), "tasks_counted": len(scores),
+              "average": round(sum(means.values()) / len(means), 2) if means else None,
+              "length_means": {str(n): m for n, m in means.items()},
+              "scores": {t: {str(n): s for n, s in per.items()} for t, per in scores.items()},
+              "skipped": plan.skipped, "samples": len(rows),
+              "cells": [{"task": t, "length": n, "depth": d, **c} for (t, n, d), c in cells.items()]}
+    note = f"api: {api}" + ("" if api == "completions" else " (no answer prefix: chat API)")
+    table = report.markdown(scores, model, plan.skipped)
+    write_atomic(out / "scores.md", f"{model} — {task.get('name')}, {note}\n\n{table}")
+    write_atomic(out / "scores.csv", report.scores_csv(scores))
+    write_atomic(out / "cells.csv", report.cells_csv(cells))
+    for name in sorted({t for t, _, d in cells if d is not None}):
+        report.heatmap(cells, name, out / f"heatmap_{name}.png", model)
+    write_atomic(out / "scores.json", json.dumps(result, indent=2))
+    return result
+
+
+def export_training(path: str, tokenizer, task: dict, seq_len: int, samples: int, min_fraction: float,
+                    seed: int) -> Path:
+    """The needle task's samples as training `messages` JSONL, from the haystack's training split."""
+    from evals.haystack import Haystack, passkey_haystack
+    from evals.needles import NeedleFormat, write_training_jsonl
+
+    if task.get("kind") != "niah" or task.get("haystack") != "passkey":
+        raise InputError(f"export_training writes the passkey task's data: use task=passkey (not {task.get('name')})")
+    fmt = PromptFormat(tokenizer)
+    hay = Haystack(passkey_haystack("train"), fmt)
+    return write_training_jsonl(path, hay, fmt, NeedleFormat(**task["needle"]), samples, seq_len, min_fraction, seed)
+
+
+def register_resolvers() -> None:
+    """`${slug:...}`: a value made safe as one folder name (for run folders named after the target)."""
+    import re
+
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("slug"):
+        OmegaConf.register_new_resolver("slug", lambda v: re.sub(r"[^A-Za-z0-9._-]+", "_", str(v)).strip("_"))
+
+
+def check_group_choices(overrides: list[str], conf_dir: str) -> None:
+    """Exit 2 naming the known options when a `task=` or `target=` override names no config (Hydra would
+    fail with a traceback-like message before the entry point runs)."""
+    import sys
+
+    for arg in overrides:
+        group, _, choice = arg.partition("=")
+        if group in ("task", "target") and choice:
+            known = sorted(p.stem for p in Path(conf_dir, group).glob("*.yaml"))
+            if choice not in known:
+                print(f"error: unknown {group} {choice!r}: choose one of {', '.join(known)} (conf/{group}/)",
+                      file=sys.stderr)
+                sys.exit(2)

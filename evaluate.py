@@ -1,0 +1,57 @@
+"""Evaluate a model's context with needle-in-a-haystack or RULER (see conf/evaluate.yaml), or write the
+needle task's training JSONL.
+
+    python evaluate.py target=checkpoint target.path=data/train/tiny_1k/hf task=passkey
+    python evaluate.py target.base_url=http://gpu:8000/v1 target.model=M target.tokenizer=/models/M task=ruler
+"""
+
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched from a hub at run time
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from agents.errors import InputError
+from evals.client import EvalFailure
+from evals.evaluation import check_group_choices, evaluate, export_training, register_resolvers
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    """Export training data, or evaluate and print the score table."""
+    target, task = (OmegaConf.to_container(cfg[k], resolve=True) for k in ("target", "task"))
+    try:
+        if cfg.export_training:
+            from lightning_modules.model import load_tokenizer
+
+            e = cfg.export
+            path = export_training(cfg.export_training, load_tokenizer(e.tokenizer), task, e.seq_len, e.samples,
+                                   e.min_fraction, cfg.seed)
+            print(f"{path}: {e.samples} programmatic {task['name']} samples of up to {e.seq_len} tokens")
+            return
+        corpus = instantiate(cfg.corpus)
+        result = evaluate(target, task, corpus, cfg.out_dir, cfg.seed, OmegaConf.to_yaml(cfg), cfg.progress)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except EvalFailure as err:
+        print(f"error: {err}; rerun the same command to resume", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"interrupted: {cfg.out_dir} keeps every scored sample; rerun the same command to resume",
+              file=sys.stderr)
+        sys.exit(130)
+    print(open(os.path.join(cfg.out_dir, "scores.md"), encoding="utf-8").read())
+    print(f"{cfg.out_dir}: {result['samples']} samples, average {result['average']} over "
+          f"{result['tasks_counted']} task(s)")
+
+
+if __name__ == "__main__":
+    check_group_choices(sys.argv[1:], os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf"))
+    main()
