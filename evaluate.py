@@ -6,6 +6,7 @@ needle task's training JSONL.
 """
 
 import os
+import signal
 import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched from a hub at run time
@@ -36,7 +37,8 @@ def main(cfg: DictConfig) -> None:
             print(f"{path}: {e.samples} programmatic {task['name']} samples of up to {e.seq_len} tokens")
             return
         corpus = instantiate(cfg.corpus)
-        result = evaluate(target, task, corpus, cfg.out_dir, cfg.seed, OmegaConf.to_yaml(cfg), cfg.progress)
+        result = evaluate(target, task, corpus, cfg.out_dir, cfg.seed, OmegaConf.to_yaml(cfg), cfg.progress,
+                          OmegaConf.to_container(cfg.corpus, resolve=True))
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
@@ -54,4 +56,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     check_group_choices(sys.argv[1:], os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf"))
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a scheduler's kill stops the server we started
     main()

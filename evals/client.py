@@ -33,6 +33,8 @@ class EvalClient:
                  top_p: float = 1.0) -> None:
         if api not in APIS:
             raise InputError(f"target.api must be one of {', '.join(APIS)}, not {api!r}")
+        if max_in_flight < 1:
+            raise InputError(f"target.max_in_flight must be at least 1, not {max_in_flight}")
         from openai import AsyncOpenAI
 
         self.base_url, self.model, self.api = base_url.rstrip("/"), model, api
@@ -56,6 +58,10 @@ class EvalClient:
             raise InputError(f"endpoint {self.base_url} rejected the API key: set the environment variable "
                              f"{self.api_key_env}") from None
         except openai.APIStatusError as err:
+            if err.status_code < 500:
+                raise InputError(f"{self.base_url}/models answered HTTP {err.status_code}: check target.base_url "
+                                 f"(an OpenAI-compatible server's URL ends in /v1)") from None
+            # transformers serve answers 500 there when no Hugging Face cache folder exists
             log.info("%s/models answered HTTP %d; going on without the model list", self.base_url, err.status_code)
             return
         served = [m.id for m in page.data]

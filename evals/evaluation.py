@@ -40,7 +40,7 @@ def max_positions(target: dict) -> int | None:
     return None
 
 
-def build_plan(task: dict, fmt: PromptFormat, corpus, seed: int) -> Plan:
+def build_plan(task: dict, fmt: PromptFormat | None, corpus, seed: int) -> Plan:
     """The task's cells from its settings (`kind`: niah, ruler or pregenerated)."""
     kind = task.get("kind")
     if kind == "niah":
@@ -83,10 +83,10 @@ def open_client(target: dict) -> Iterator[EvalClient]:
         raise InputError(f"target.kind must be endpoint or checkpoint, not {target['kind']!r}")
 
 
-def fingerprint(target: dict, task: dict, seed: int) -> str:
+def fingerprint(target: dict, task: dict, corpus: dict | None, seed: int) -> str:
     """What decides a run's samples and replies; a folder holding another fingerprint is not resumed."""
     keys = ("kind", "base_url", "model", "path", "tokenizer", "api", "chat_template", "use_chat_template")
-    blob = json.dumps([{k: target.get(k) for k in keys}, task, seed], sort_keys=True, default=str)
+    blob = json.dumps([{k: target.get(k) for k in keys}, task, corpus, seed], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -104,13 +104,17 @@ def prepare_folder(out_dir: Path, stamp: str, config_yaml: str) -> None:
 
 
 def evaluate(target: dict, task: dict, corpus, out_dir: str, seed: int, config_yaml: str, progress: bool = True,
-             ) -> dict:
-    """Run the task against the target into `out_dir`; returns what `scores.json` holds."""
+             corpus_config: dict | None = None) -> dict:
+    """Run the task against the target into `out_dir`; returns what `scores.json` holds. `corpus_config`
+    (the settings `corpus` was made from) is part of the run's fingerprint."""
     from evals.serve import check_checkpoint
 
     if target["kind"] == "checkpoint":
         check_checkpoint(target["path"])
-    fmt = target_format(target)
+    if task.get("kind") == "pregenerated" and target.get("api") == "chat":
+        raise InputError("task=pregenerated sends prompts already rendered in a chat template, with their answer "
+                         "prefix: use target.api=completions")
+    fmt = None if task.get("kind") == "pregenerated" else target_format(target)  # pregenerated: rendered already
     plan = limit_lengths(build_plan(task, fmt, corpus, seed), max_positions(target), target.get("allow_longer", False))
     if not plan.cells:
         raise InputError(f"nothing to evaluate: {'; '.join(f'{k}: {v}' for k, v in plan.skipped.items())}")
@@ -121,7 +125,7 @@ def evaluate(target: dict, task: dict, corpus, out_dir: str, seed: int, config_y
         async def go() -> list[dict]:
             try:
                 await client.preflight()
-                prepare_folder(out, fingerprint(target, task, seed), config_yaml)
+                prepare_folder(out, fingerprint(target, task, corpus_config, seed), config_yaml)
                 return await run_plan(plan, client, out / "predictions.jsonl", progress)
             finally:
                 await client.aclose()

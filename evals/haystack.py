@@ -8,9 +8,10 @@ import random
 import re
 from collections.abc import Iterable
 
+from agents.errors import InputError
 from evals.prompting import PromptFormat
 
-_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+_SENTENCE_END = re.compile(r"[.!?](?=\s|\Z)")
 
 
 def passkey_haystack(split: str = "train") -> str:
@@ -40,7 +41,8 @@ def corpus_haystack(documents: Iterable, mask_digits: bool = False, max_chars: i
             break
     joined = " ".join(parts)[:max_chars]
     if not joined.strip():
-        raise ValueError("the haystack corpus has no text")
+        raise InputError("the haystack corpus has no text: point corpus.path at documents, or use "
+                         "corpus=python_docs")
     return joined
 
 
@@ -51,7 +53,7 @@ def insert_at_sentence(text: str, needle: str, depth: float) -> str:
         raise ValueError(f"depth must be in [0, 1], not {depth}")
     needle = needle.strip()
     at = int(len(text) * depth)
-    ends = [m.end() for m in _SENTENCE_END.finditer(text, 0, at + 1)]
+    ends = [m.end() for m in _SENTENCE_END.finditer(text) if m.end() <= at + 1]
     at = ends[-1] if ends else 0
     head, tail = text[:at].rstrip(), text[at:].lstrip()
     return " ".join(p for p in (head, needle, tail) if p)
@@ -65,10 +67,12 @@ class Haystack:
         self.text = text
         spans = fmt.offsets(text)
         self.starts = [a for a, _ in spans]
-        self.sentence_starts = [self._token_at(m.end() + 1) for m in _SENTENCE_END.finditer(text)] or [0]
+        ends = [len(text) - len(text[m.end():].lstrip()) for m in _SENTENCE_END.finditer(text)]
+        self.sentence_starts = [self._token_at(e) for e in ends if e < len(text)] or [0]
 
     def _token_at(self, char: int) -> int:
-        return min(bisect.bisect_left(self.starts, char), len(self.starts) - 1)
+        """The token holding character `char` (the last one starting at or before it)."""
+        return max(0, min(bisect.bisect_right(self.starts, char) - 1, len(self.starts) - 1))
 
     @property
     def tokens(self) -> int:

@@ -10,6 +10,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
+from agents.errors import InputError
 from evals.client import EvalClient
 from evals.samples import EvalSample
 from evals.scoring import score
@@ -56,8 +57,12 @@ async def run_plan(plan: Plan, client: EvalClient, predictions: Path, progress: 
         for cell in plan.cells:
             if left[cell]:
                 for sample in await asyncio.to_thread(plan.make, cell):
-                    if sample_id(*cell, sample.index) not in done:
+                    row = done.get(sample_id(*cell, sample.index))
+                    if row is None:
                         await queue.put(sample)
+                    elif row["input_hash"] != sample.key(client.api):
+                        raise InputError(f"{predictions} holds a different prompt for {row['id']} than this run "
+                                         f"makes: its settings changed; use a new out_dir or remove that folder")
         for _ in range(workers):
             await queue.put(None)
 

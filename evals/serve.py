@@ -43,6 +43,15 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _die_with_parent() -> None:
+    """In the server's process, before exec: on Linux, be sent SIGTERM when the thread that started it dies
+    (the evaluation's main thread: so however the evaluation dies, SIGKILL included)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 @contextlib.contextmanager
 def serve_checkpoint(path: str, device: str = "auto", startup_timeout: float = 600.0,
                      extra_args: tuple[str, ...] = ()) -> Iterator[str]:
@@ -54,7 +63,8 @@ def serve_checkpoint(path: str, device: str = "auto", startup_timeout: float = 6
     cmd = [sys.executable, "-c", "import sys; from transformers.cli.transformers import main; sys.exit(main())",
            "serve", str(folder), "--host", "127.0.0.1", "--port", str(port), "--device", device, *extra_args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                            preexec_fn=_die_with_parent)
     try:
         deadline = time.monotonic() + startup_timeout
         while not _healthy(f"http://127.0.0.1:{port}/health"):

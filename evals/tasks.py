@@ -93,23 +93,36 @@ def ruler_plan(fmt: PromptFormat, tasks: list[str], lengths: list[int], num_samp
     return Plan(cells, {c: num_samples for c in cells}, make, skipped)
 
 
-_LENGTH = re.compile(r"^(?P<task>.+?)_(?P<n>\d+)(?P<unit>[km]?)$")
+_SIZE = re.compile(r"^(?P<n>\d+)(?P<unit>[km]?)$")
+
+
+def _size(text: str) -> int | None:
+    """"128k" -> 131072, "1m" -> 1048576, "4096" -> 4096; None for anything else."""
+    m = _SIZE.match(text.lower())
+    return int(m["n"]) * {"": 1, "k": 1024, "m": 1024 * 1024}[m["unit"]] if m else None
 
 
 def _task_and_length(path: Path) -> tuple[str, int | None]:
-    """`niah_single_1_128k.jsonl` or `niah_single_1_128k/validation.jsonl` -> ("niah_single_1", 131072)."""
+    """A pregenerated file's task and length from its path: `niah_single_1_128k.jsonl`,
+    `niah_single_1_128k/validation.jsonl` (the authors' configs), or RULER's own layout
+    `<max_seq_length>/data/<task>/validation.jsonl`; a file named after no RULER task is its own task."""
+    from evals.ruler import TASKS
+
     for name in (path.stem, path.parent.name):
-        m = _LENGTH.match(name)
-        if m:
-            scale = {"": 1, "k": 1024, "m": 1024 * 1024}[m["unit"]]
-            return m["task"], int(m["n"]) * scale
+        for task in sorted(TASKS, key=len, reverse=True):
+            if name == task and len(path.parts) >= 4 and path.parts[-3] == "data":
+                return task, _size(path.parts[-4])
+            if name.startswith(task + "_") and (n := _size(name[len(task) + 1:])):
+                return task, n
+            if name == task:
+                return task, None
     return path.stem, None
 
 
 def pregenerated_plan(path: str) -> Plan:
     """RULER-format JSONL (`input`, `answers` or `outputs`; optional `answer_prefix`, `length`, `index`) from a
-    file or a folder of them; each file is a task (named like `niah_single_1_128k`), scored without
-    regenerating: the prompt sent is `input` + `answer_prefix`."""
+    file or a folder of them, scored without regenerating: the prompt sent is `input` + `answer_prefix`. A file
+    is one cell: its task and length come from its path (see `_task_and_length`), else from its rows."""
     from evals.templates import TOKENS_TO_GENERATE
 
     root = Path(path).expanduser()
@@ -118,28 +131,36 @@ def pregenerated_plan(path: str) -> Plan:
         raise InputError(f"no RULER-format JSONL at {root}: set task.path to a .jsonl file or a folder of them")
     by_cell: dict[Cell, list[EvalSample]] = {}
     for file in files:
-        task, file_length = _task_and_length(file)
+        task, length = _task_and_length(file)
         family = next((f for f in TOKENS_TO_GENERATE if task.startswith(f)), "niah")
+        rows = []
         with file.open(encoding="utf-8") as f:
-            lines = f.readlines()
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                answers = row.get("answers", row.get("outputs"))
-                text = row["input"]
-            except (json.JSONDecodeError, KeyError, AttributeError):
-                raise InputError(f"{file}:{n} is not a RULER-format record (needs 'input' and 'answers' or "
-                                 f"'outputs')") from None
-            answers = [answers] if isinstance(answers, str) else list(answers or [])
-            length = int(row.get("length") or file_length or 0)
-            cell = (task, file_length or length, None)
-            sample = EvalSample(task=task, length=cell[1], index=int(row.get("index", n - 1)), user=text,
-                                answer_prefix=row.get("answer_prefix", ""), answers=answers,
-                                max_tokens=TOKENS_TO_GENERATE[family], metric="part" if family == "qa" else "all",
-                                prompt=text + row.get("answer_prefix", ""), n_tokens=length)
-            by_cell.setdefault(cell, []).append(sample)
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    answers = row.get("answers", row.get("outputs"))
+                    answers = [answers] if isinstance(answers, str) else list(answers)
+                    if not isinstance(row["input"], str) or not answers:
+                        raise ValueError
+                except (json.JSONDecodeError, KeyError, AttributeError, TypeError, ValueError):
+                    raise InputError(f"{file}:{n} is not a RULER-format record (needs a string 'input' and a "
+                                     f"non-empty 'answers' or 'outputs')") from None
+                rows.append((row, answers))
+        if not rows:
+            raise InputError(f"{file} holds no record: remove it or point task.path elsewhere")
+        length = length or max(int(row.get("length") or 0) for row, _ in rows)
+        cell = (task, length, None)
+        if cell in by_cell:
+            raise InputError(f"{file} is a second file for {task} at {length} tokens: keep one per task and length")
+        metric = "part" if family == "qa" else "all"
+        by_cell[cell] = [
+            EvalSample(task=task, length=length, index=i, user=row["input"], answer_prefix=row.get("answer_prefix", ""),
+                       answers=answers, max_tokens=TOKENS_TO_GENERATE[family], metric=metric,
+                       prompt=row["input"] + row.get("answer_prefix", ""), n_tokens=int(row.get("length") or 0),
+                       meta={"file": str(file), "index": row.get("index")})
+            for i, (row, answers) in enumerate(rows)]
     cells = sorted(by_cell, key=lambda c: (c[0], c[1]))
     return Plan(cells, {c: len(v) for c, v in by_cell.items()}, lambda c: by_cell[c], {})
 

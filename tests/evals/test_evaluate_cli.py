@@ -95,9 +95,19 @@ def test_an_interrupted_run_resumes_and_recomputes_nothing(server, tiny_tokenize
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert server.control.completion_requests == 16  # exactly the four missing samples
     assert _scores(tmp_path / "run")["samples"] == 12 and _scores(tmp_path / "run")["average"] == 100.0
-    # the same folder with other settings is refused, not mixed
-    other = _evaluate(*args, "seed=7")
-    assert other.returncode == 2 and "holds a run with other settings" in other.stderr
+    # the same folder with other settings is refused, not mixed: another seed, another haystack corpus
+    for change in ("seed=7", "corpus.limit=5"):
+        other = _evaluate(*args, change)
+        assert other.returncode == 2 and "holds a run with other settings" in other.stderr, change
+    # a scored row whose prompt is not the one this run makes (its folder was written by other settings), in a
+    # cell that is regenerated because one of its samples is missing
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    first = rows[0]
+    same_cell = next(r for r in rows[1:] if (r["length"], r["depth"]) == (first["length"], first["depth"]))
+    kept = [{**first, "input_hash": "0" * 32}] + [r for r in rows[1:] if r is not same_cell]
+    predictions.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    stale = _evaluate(*args)
+    assert stale.returncode == 2 and f"holds a different prompt for {first['id']}" in stale.stderr
 
 
 def test_bad_input_exits_2_naming_what_to_fix_and_writes_no_results(server, tiny_tokenizer, tmp_path):
@@ -117,6 +127,13 @@ def test_bad_input_exits_2_naming_what_to_fix_and_writes_no_results(server, tiny
         (["task=needles", *endpoint], "unknown task 'needles': choose one of niah, passkey, pregenerated, ruler"),
         ([*SMALL, *endpoint, "target.max_model_len=128"], "nothing to evaluate: length 256: above the target's 128"),
         (["task=pregenerated", f"task.path={tmp_path / 'missing'}", *endpoint], "no RULER-format JSONL at"),
+        ([*SMALL, *endpoint[1:], f"target.base_url={server.url[:-3]}"], "/models answered HTTP 404: check "
+                                                                          "target.base_url (an OpenAI-compatible"),
+        ([*SMALL, *endpoint, "target.max_in_flight=0"], "target.max_in_flight must be at least 1"),
+        (["task=niah", "task.lengths=[512]", "corpus=files", f"corpus.path={bare}", "corpus.extensions=[.md]",
+          *endpoint], "the haystack corpus has no text"),
+        (["task=pregenerated", f"task.path={tmp_path}", "target.api=chat", *endpoint],
+         "task=pregenerated sends prompts already rendered"),
     ]
     for args, message in cases:
         out = tmp_path / "out"
@@ -159,18 +176,23 @@ def test_a_checkpoint_is_served_by_transformers_serve_evaluated_and_stopped(tmp_
     assert len(rows) == 12 and all(isinstance(r["prediction"], str) for r in rows)
     assert (out / "heatmap_passkey.png").is_file()
     assert not _servers(), "the transformers serve process outlived the run"
-    # Ctrl-C while the server is up: the run ends and takes its server with it
+    # Ctrl-C, a scheduler's SIGTERM, or SIGKILL while the server is up: the run ends and takes its server along
     env = {**os.environ, "SELFLONG_DATA": "/nonexistent-data-dir"}
-    proc = subprocess.Popen([sys.executable, "evaluate.py", *SMALL, "task.lengths=[4096]", "target.allow_longer=true",
-                             "target=checkpoint", f"target.path={tmp_path / 'hf'}", "target.device=cpu",
-                             f"out_dir={tmp_path / 'interrupted'}"], cwd=ROOT, env=env, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while not (tmp_path / "interrupted" / "run.json").exists() and time.time() < deadline:
-        time.sleep(0.1)
-    assert _servers(), "the server should be up by the time the run folder exists"
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=60)
-    assert proc.returncode != 0 and not _servers()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        out = tmp_path / f"interrupted-{sig.name}"
+        proc = subprocess.Popen([sys.executable, "evaluate.py", *SMALL, "task.lengths=[4096]", "target=checkpoint",
+                                 "target.allow_longer=true", f"target.path={tmp_path / 'hf'}", "target.device=cpu",
+                                 f"out_dir={out}"], cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while not (out / "run.json").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        assert _servers(), "the server should be up by the time the run folder exists"
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+        deadline = time.time() + 30
+        while _servers() and time.time() < deadline:
+            time.sleep(0.1)
+        assert proc.returncode != 0 and not _servers(), sig.name
 
 
 def _servers() -> list[str]:
@@ -219,22 +241,26 @@ def test_pregenerated_ruler_jsonl_is_scored_as_it_is(server, tiny_tokenizer, tmp
 
     fmt = PromptFormat.from_folder(tiny_tokenizer)
     folder = tmp_path / "RULER-llama3-1M"
-    for task in ("niah_single_1", "vt"):
-        (folder / f"{task}_1k").mkdir(parents=True)
-        rows = [{"index": s.index, "input": s.prompt[: len(s.prompt) - len(s.answer_prefix)], "answers": s.answers,
-                 "answer_prefix": s.answer_prefix, "length": s.n_tokens}
-                for s in generate(task, fmt, 1024, 3, essay=passkey_haystack("eval"))]
-        (folder / f"{task}_1k" / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # the authors' layout (`<task>_<length>/validation.jsonl`) and RULER's own (`<length>/data/<task>/...`, where
+    # `index` is the answer's character position and `outputs` holds the answers)
+    for task, path in (("niah_single_1", "niah_single_1_1k"), ("vt", "1024/data/vt")):
+        (folder / path).mkdir(parents=True)
+        rows = [{"index": s.user.find(s.answers[0]), "input": s.prompt[: len(s.prompt) - len(s.answer_prefix)],
+                 "answers" if task == "vt" else "outputs": s.answers, "answer_prefix": s.answer_prefix,
+                 "length": s.n_tokens} for s in generate(task, fmt, 1024, 3, essay=passkey_haystack("eval"))]
+        (folder / path / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     server.control.record_bodies = True
     done = _evaluate("task=pregenerated", f"task.path={folder}", "progress=false",
                      *_endpoint(server, tiny_tokenizer, tmp_path / "scored"))
     assert done.returncode == 0, done.stderr[-3000:]
     scores = _scores(tmp_path / "scored")
-    assert scores["scores"] == {"niah_single_1": {"1024": 100.0}, "vt": {"1024": 100.0}}
+    assert scores["scores"] == {"niah_single_1": {"1024": 100.0}, "vt": {"1024": 100.0}} and scores["samples"] == 6
     sent = {b["prompt"] for b in server.control.bodies}
     assert {r["input"] + r["answer_prefix"] for r in rows} <= sent  # sent as written, not regenerated
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"input": "x", "answers": ["y"]}\n{"prompt": "no input"}\n')
-    refused = _evaluate("task=pregenerated", f"task.path={bad}", *_endpoint(server, tiny_tokenizer, tmp_path / "b"))
-    assert refused.returncode == 2 and f"{bad}:2 is not a RULER-format record" in refused.stderr
-    assert not (tmp_path / "b").exists()
+    for text in ('{"input": "x", "answers": ["y"]}\n{"prompt": "no input"}\n', '{"input": "x", "answers": ["y"]}\n'
+                 '{"input": "x", "answers": []}\n'):
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(text)
+        refused = _evaluate("task=pregenerated", f"task.path={bad}", *_endpoint(server, tiny_tokenizer, tmp_path / "b"))
+        assert refused.returncode == 2 and f"{bad}:2 is not a RULER-format record" in refused.stderr
+        assert not (tmp_path / "b").exists()

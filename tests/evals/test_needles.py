@@ -60,8 +60,23 @@ def test_the_needle_lands_on_a_sentence_boundary():
     assert insert_at_sentence(text, "NEEDLE.", 0.6) == "One two three. Four five six. NEEDLE. Seven eight nine. Ten."
     assert insert_at_sentence(text, "NEEDLE.", 0.0).startswith("NEEDLE. One")
     assert insert_at_sentence(text, "NEEDLE.", 1.0).endswith("Ten. NEEDLE.")
+    # a '.' inside a name is no sentence end, wherever the depth falls
+    code = "Use os.path here. Then call collections.abc.Mapping on it."
+    for depth in [i / 20 for i in range(21)]:
+        placed = insert_at_sentence(code, "NEEDLE.", depth)
+        assert "os.path" in placed and "collections.abc.Mapping" in placed, (depth, placed)
     with pytest.raises(ValueError):
         insert_at_sentence(text, "N.", 1.5)
+
+
+def test_haystack_windows_begin_with_a_whole_sentence(fmts):
+    text = " ".join(f"Sentence number {word} says something about the {word} topic." for word in
+                    ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth") * 20)
+    for fmt in fmts.values():
+        hay = Haystack(text, fmt)
+        rng = random.Random(0)
+        for _ in range(20):
+            assert hay.window(hay.random_start(rng), 30).startswith("Sentence number ")
 
 
 def test_fit_finds_the_largest_count_that_fits():
