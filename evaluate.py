@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from agents.errors import InputError
 from evals.client import EvalFailure
-from evals.evaluation import check_group_choices, evaluate, export_training, register_resolvers
+from evals.evaluation import check_group_choices, evaluate, evaluate_sweep, export_training, register_resolvers
 
 register_resolvers()
 
@@ -37,8 +37,9 @@ def main(cfg: DictConfig) -> None:
             print(f"{path}: {e.samples} programmatic {task['name']} samples of up to {e.seq_len} tokens")
             return
         corpus = instantiate(cfg.corpus)
-        result = evaluate(target, task, corpus, cfg.out_dir, cfg.seed, OmegaConf.to_yaml(cfg), cfg.progress,
-                          OmegaConf.to_container(cfg.corpus, resolve=True))
+        run = evaluate_sweep if target["kind"] == "sweep" else evaluate
+        result = run(target, task, corpus, cfg.out_dir, cfg.seed, OmegaConf.to_yaml(cfg), cfg.progress,
+                     OmegaConf.to_container(cfg.corpus, resolve=True))
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
@@ -49,6 +50,10 @@ def main(cfg: DictConfig) -> None:
         print(f"interrupted: {cfg.out_dir} keeps every scored sample; rerun the same command to resume",
               file=sys.stderr)
         sys.exit(130)
+    if target["kind"] == "sweep":
+        print(open(os.path.join(cfg.out_dir, "sweep.md"), encoding="utf-8").read())
+        print(f"{cfg.out_dir}: {len(result['scores'])} jobs")
+        return
     print(open(os.path.join(cfg.out_dir, "scores.md"), encoding="utf-8").read())
     print(f"{cfg.out_dir}: {result['samples']} samples, average {result['average']} over "
           f"{result['tasks_counted']} task(s)")

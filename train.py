@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_modules.data import PackedDataModule
 from lightning_modules.errors import ConfigError
-from lightning_modules.export import ExportHF
+from lightning_modules.export import ExportHF, export_hf
 from lightning_modules.model import load_tokenizer
 from lightning_modules.module import LongContextLM
 from lightning_modules.stages import check_stage, register_resolvers, resolve_ckpt
@@ -41,7 +41,7 @@ def main(cfg: DictConfig) -> None:
         ckpt_path = resolve_ckpt(cfg.ckpt_path, cfg.stage_dir)
         tokenizer = load_tokenizer(cfg.model.tokenizer)
         data = PackedDataModule(tokenizer, c["data"]["sources"], s.seq_len, c["data"]["batch_size"], cfg.seed,
-                                s.cp_degree, s.max_steps, c["data"]["num_workers"])
+                                s.cp_degree, s.max_steps, c["data"]["num_workers"], cfg.response_loss_weight > 0)
         data.setup("fit")
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -51,7 +51,13 @@ def main(cfg: DictConfig) -> None:
                            seq_len=s.seq_len, attention=a.name, cp_degree=s.cp_degree, layout=a.layout,
                            ring_blocks=a.blocks, gradient_checkpointing=cfg.model.gradient_checkpointing,
                            loss_chunk_tokens=cfg.loss_chunk_tokens, **c["optim"], max_steps=s.max_steps, fsdp=fsdp,
-                           peak_tflops=peak_tflops)
+                           peak_tflops=peak_tflops, response_loss_weight=cfg.response_loss_weight)
+    if s.max_steps == 0:  # "θ only": the start model with this stage's θ and length, exported untrained
+        module.configure_model()
+        export_hf(module.model, tokenizer, f"{cfg.stage_dir}/hf")
+        print(f"stage {s.name}: no training (max_steps=0), exported to {cfg.stage_dir}/hf (rope_theta "
+              f"{s.rope_theta:g}, {s.seq_len} tokens)")
+        return
     if isinstance(trainer_kw["strategy"], dict):
         trainer_kw["strategy"] = instantiate(trainer_kw["strategy"])
     callbacks = [instantiate(cb) for cb in cfg.callbacks.values()] + [ExportHF(f"{cfg.stage_dir}/hf", tokenizer)]

@@ -196,3 +196,40 @@ def check_group_choices(overrides: list[str], conf_dir: str) -> None:
                 print(f"error: unknown {group} {choice!r}: choose one of {', '.join(known)} (conf/{group}/)",
                       file=sys.stderr)
                 sys.exit(2)
+
+
+def sweep_jobs(path: str, stage: str) -> dict[str, Path]:
+    """A training sweep's jobs that exported `stage`: job name (its overrides, less those all jobs share) -> hf/."""
+    root = Path(path).expanduser()
+    found = sorted(p for p in root.iterdir() if (p / stage / "hf" / "config.json").is_file()) if root.is_dir() else []
+    if not found:
+        raise InputError(f"no job folder in {root} holds {stage}/hf: set target.path to a sweep folder (python "
+                         f"train.py -m ... sweep_name=NAME writes <out_dir>/NAME/<job>/) and target.stage")
+    parts = [p.name.split(",") for p in found]
+    shared = set.intersection(*map(set, parts)) if len(parts) > 1 else set()
+    return {",".join(x for x in names if x not in shared) or job.name: job / stage / "hf"
+            for job, names in zip(found, parts)}
+
+
+def evaluate_sweep(target: dict, task: dict, corpus, out_dir: str, seed: int, config_yaml: str, progress: bool = True,
+                   corpus_config: dict | None = None) -> dict:
+    """Evaluate every job of a training sweep as a checkpoint, each into `out_dir/<job>/`, and collect the
+    per-length scores into `sweep.md` / `sweep.csv` / `sweep.json` in `out_dir`."""
+    jobs = sweep_jobs(target["path"], target["stage"])
+    out = Path(out_dir)
+    results = {}
+    for name, hf in jobs.items():
+        job_target = {**target, "kind": "checkpoint", "path": str(hf)}
+        job_dir = out / Path(hf).parents[1].name
+        results[name] = evaluate(job_target, task, corpus, str(job_dir), seed, config_yaml, progress, corpus_config)
+    lengths = sorted({int(n) for r in results.values() for n in r["length_means"]})
+    table = report.runs_table({name: r["length_means"] for name, r in results.items()})
+    summary = {"sweep": str(target["path"]), "stage": target["stage"], "task": task.get("name"),
+               "scores": {name: r["length_means"] for name, r in results.items()}}
+    write_atomic(out / "sweep.md", f"{task.get('name')} score per length, {target['stage']} of each job of "
+                                   f"{target['path']}\n\n" + table)
+    write_atomic(out / "sweep.csv", "variant," + ",".join(map(str, lengths)) + "\n" + "".join(
+        f"{name}," + ",".join(str(r["length_means"].get(str(n), "")) for n in lengths) + "\n"
+        for name, r in results.items()))
+    write_atomic(out / "sweep.json", json.dumps(summary, indent=2))
+    return summary

@@ -22,6 +22,9 @@ from evals.samples import EvalSample
 from evals.words import draw
 
 
+MIN_FILLER = 32  # fewest haystack tokens in a training conversation
+
+
 @dataclass(frozen=True)
 class NeedleFormat:
     """Templates of one needle task. Fields: `{key}`, `{value}` in `needle`, `answer_prefix`, `answer`;
@@ -60,7 +63,8 @@ def needle_sample(rng: random.Random, hay: Haystack, fmt: PromptFormat, nf: Need
 def training_record(rng: random.Random, hay: Haystack, fmt: PromptFormat, nf: NeedleFormat, n_tokens: int,
                     tolerance: float = 0.01) -> dict:
     """One training conversation of about `n_tokens` tokens as training tokenizes it (chat template included):
-    the user turn holds the haystack and question, the assistant turn the answer prefix and the value."""
+    the user turn holds the haystack and question, the assistant turn the answer prefix and the value. A length
+    too short for the question and answer is raised to hold at least `MIN_FILLER` tokens of haystack."""
     key, value = draw(nf.keys, rng), draw(nf.values, rng)
     needle, start, depth = nf.needle.format(key=key, value=value), hay.random_start(rng), rng.random()
     reply = nf.answer_prefix.format(key=key).lstrip() + nf.answer.format(value=value)
@@ -73,8 +77,9 @@ def training_record(rng: random.Random, hay: Haystack, fmt: PromptFormat, nf: Ne
         return fmt.count_training(fmt.render_conversation([{"role": "user", "content": user},
                                                            {"role": "assistant", "content": assistant}]))
 
-    guess = n_tokens - count(build(0))
-    _, blob, tokens = fit(build, count, n_tokens, guess=guess, tolerance=tolerance)
+    bare = count(build(0))
+    n_tokens = max(n_tokens, bare + MIN_FILLER)
+    _, blob, tokens = fit(build, count, n_tokens, guess=n_tokens - bare, tolerance=tolerance)
     user, assistant = json.loads(blob)
     messages = [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
     return {"id": hashlib.sha256(blob.encode()).hexdigest()[:32], "kind": "programmatic_needle", "messages": messages,

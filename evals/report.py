@@ -112,3 +112,40 @@ def heatmap(cells: dict[Cell, dict], task: str, path: Path, model: str) -> None:
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(path)
+
+
+def runs_table(runs: dict[str, dict[str, float]], first: str = "Variant") -> str:
+    """One row per run (its name and score per length, from `scores.json`'s `length_means`), a column per
+    length: the layout of the paper's ablation table."""
+    lengths = sorted({int(n) for means in runs.values() for n in means})
+    lines = [f"| {first} | " + " | ".join(length_label(n) for n in lengths) + " |", "|---" * (len(lengths) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(f"{means[str(n)]:.1f}" if str(n) in means else "-" for n in lengths) + " |"
+              for name, means in runs.items()]
+    return "\n".join(lines) + "\n"
+
+
+def collect(folder: Path) -> dict[str, dict[str, float]]:
+    """`length_means` of every run folder directly under `folder` (those holding a scores.json), by name."""
+    import json
+
+    return {p.parent.name: json.loads(p.read_text())["length_means"] for p in sorted(folder.glob("*/scores.json"))}
+
+
+def main() -> None:
+    """python -m evals.report FOLDER [--first NAME]: print the table of the runs under FOLDER."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--first", default="Run")
+    args = parser.parse_args()
+    runs = collect(args.folder)
+    if not runs:
+        print(f"error: no run folder with scores.json under {args.folder}", file=sys.stderr)
+        sys.exit(2)
+    print(runs_table(runs, args.first), end="")
+
+
+if __name__ == "__main__":
+    main()

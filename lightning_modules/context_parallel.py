@@ -27,6 +27,7 @@ class ShardedBatch:
     labels: torch.Tensor  # already shifted: labels[t] is the token that should follow input_ids[t]
     position_ids: torch.Tensor  # global positions in the packed sequence
     doc_ids: torch.Tensor
+    response: torch.Tensor | None = None  # shifted like the labels: labels[t] belongs to an assistant turn
 
 
 def shift_labels(labels: torch.Tensor, doc_ids: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
@@ -39,16 +40,20 @@ def shift_labels(labels: torch.Tensor, doc_ids: torch.Tensor, ignore_index: int 
 
 
 def shard_batch(input_ids: torch.Tensor, labels: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None,
-                *, world: int = 1, rank: int = 0, layout: str = "zigzag",
-                ignore_index: int = IGNORE_INDEX) -> ShardedBatch:
-    """This rank's share of a packed batch `[B, S]` (labels default to the inputs, documents to one)."""
+                *, world: int = 1, rank: int = 0, layout: str = "zigzag", ignore_index: int = IGNORE_INDEX,
+                response: torch.Tensor | None = None) -> ShardedBatch:
+    """This rank's share of a packed batch `[B, S]` (labels default to the inputs, documents to one; the
+    optional bool `response` marks assistant tokens and moves with the labels)."""
     b, s = input_ids.shape
     labels = input_ids if labels is None else labels
     doc_ids = torch.zeros_like(input_ids) if doc_ids is None else doc_ids
     shifted = shift_labels(labels, doc_ids, ignore_index)
     pos = shard_positions(s, world, rank, layout).to(input_ids.device)
+    if response is not None:
+        response = shift_labels(response.long(), doc_ids, 0)[:, pos].bool()
     return ShardedBatch(input_ids=input_ids[:, pos], labels=shifted[:, pos],
-                        position_ids=pos.unsqueeze(0).expand(b, -1).contiguous(), doc_ids=doc_ids[:, pos])
+                        position_ids=pos.unsqueeze(0).expand(b, -1).contiguous(), doc_ids=doc_ids[:, pos],
+                        response=response)
 
 
 def gather_sequence(local: torch.Tensor, group: dist.ProcessGroup | None = None, *, layout: str = "zigzag",

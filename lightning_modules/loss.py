@@ -15,29 +15,42 @@ from torch.utils.checkpoint import checkpoint
 IGNORE_INDEX = -100
 
 
-def _chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                response: torch.Tensor) -> torch.Tensor:
     logits = (hidden @ weight.t()).float()  # [chunk, V], fp32 for the softmax
-    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    token = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="none")  # [chunk]
+    return torch.stack([token.sum(), (token * response).sum()])
+
+
+def chunked_losses(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                   response: torch.Tensor | None = None, chunk_tokens: int = 4096,
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed next-token loss over the counted labels and over those marked `response`, with both counts.
+
+    hidden `[..., H]` (the final norm's output), weight `[V, H]` (the LM head), labels `[...]` already
+    shifted (`IGNORE_INDEX` where no loss is taken), response `[...]` bool (None: none marked). Divide each
+    sum by its count summed over every rank that holds part of the batch.
+    """
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    labels = labels.reshape(-1)
+    counted = labels != IGNORE_INDEX
+    response = torch.zeros_like(counted) if response is None else response.reshape(-1) & counted
+    totals = hidden.new_zeros(2, dtype=torch.float32)
+    for start in range(0, labels.numel(), chunk_tokens):
+        sl = slice(start, start + chunk_tokens)
+        args = (hidden[sl], weight, labels[sl], response[sl].float())
+        if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+            totals = totals + checkpoint(_chunk_loss, *args, use_reentrant=False)
+        else:
+            totals = totals + _chunk_loss(*args)
+    return totals[0], counted.sum(), totals[1], response.sum()
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                           chunk_tokens: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed next-token loss and the number of counted labels.
-
-    hidden `[..., H]` (the final norm's output), weight `[V, H]` (the LM head), labels `[...]`
-    already shifted, `IGNORE_INDEX` where no loss is taken. Divide the sum by the count summed over
-    every rank that holds part of the batch.
-    """
-    hidden = hidden.reshape(-1, hidden.shape[-1])
-    labels = labels.reshape(-1)
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, labels.numel(), chunk_tokens):
-        sl = slice(start, start + chunk_tokens)
-        if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-            total = total + checkpoint(_chunk_loss, hidden[sl], weight, labels[sl], use_reentrant=False)
-        else:
-            total = total + _chunk_loss(hidden[sl], weight, labels[sl])
-    return total, (labels != IGNORE_INDEX).sum()
+    """Summed next-token loss and the number of counted labels (see `chunked_losses`)."""
+    total, count, _, _ = chunked_losses(hidden, weight, labels, None, chunk_tokens)
+    return total, count
 
 
 class ChunkedLossLM(nn.Module):
@@ -50,9 +63,11 @@ class ChunkedLossLM(nn.Module):
         self.model, self.chunk_tokens = model, chunk_tokens
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor,
-                **attention_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-        """input ids, shifted labels, global positions `[B, S_local]` -> (loss sum, count)."""
+                response: torch.Tensor | None = None, **attention_kwargs,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """input ids, shifted labels, global positions, response marks `[B, S_local]` -> (loss sum, count,
+        response loss sum, response count)."""
         hidden = self.model.base_model(input_ids=input_ids, position_ids=position_ids,
                                        **attention_kwargs).last_hidden_state  # [B, S_local, H]
         weight = self.model.get_output_embeddings().weight  # [V, H]
-        return chunked_cross_entropy(hidden, weight, labels, self.chunk_tokens)
+        return chunked_losses(hidden, weight, labels, response, self.chunk_tokens)

@@ -31,7 +31,7 @@ class LongContextLM(L.LightningModule):
                  ring_blocks: str = "auto", gradient_checkpointing: bool = False, loss_chunk_tokens: int = 4096,
                  lr: float = 1e-5, weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95),
                  warmup_steps: int = 0, schedule: str = "constant", max_steps: int = 1, fsdp: bool = False,
-                 peak_tflops: float | None = None) -> None:
+                 peak_tflops: float | None = None, response_loss_weight: float = 0.0) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net: ChunkedLossLM | None = None
@@ -89,23 +89,31 @@ class LongContextLM(L.LightningModule):
     # --- training --------------------------------------------------------------------------------
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """Loss = sum of token losses / tokens counted over every rank (dp x cp), scaled by the world
-        size because data-parallel gradient reduction averages over ranks."""
+        """Loss = sum of token losses / tokens counted over every rank (dp x cp), plus, with
+        `response_loss_weight` w, w x the mean loss over assistant-turn tokens (the answer, in a needle task);
+        scaled by the world size because data-parallel gradient reduction averages over ranks."""
         h = self.hparams
+        weighted = h.response_loss_weight > 0
         part = shard_batch(batch["input_ids"], batch["labels"], batch["doc_ids"], world=h.cp_degree,
-                           rank=self.cp_rank, layout=h.layout)
+                           rank=self.cp_rank, layout=h.layout, response=batch.get("response") if weighted else None)
         kwargs = {"doc_ids": part.doc_ids}
         if h.attention in ("sdpa", "eager"):  # a dense causal, same-document mask [B, 1, S, S]
             b, s = part.input_ids.shape
             kwargs = {"attention_mask": visibility(b, s, s, True, part.position_ids, part.position_ids, part.doc_ids,
                                                    part.doc_ids, part.input_ids.device)}
-        loss_sum, count = self.net(part.input_ids, part.labels, part.position_ids, **kwargs)
-        totals = torch.stack([loss_sum.detach(), count.to(loss_sum.dtype)])
+        loss_sum, count, response_sum, response_count = self.net(part.input_ids, part.labels, part.position_ids,
+                                                                 part.response, **kwargs)
+        totals = torch.stack([loss_sum.detach(), count.to(loss_sum.dtype), response_sum.detach(),
+                              response_count.to(loss_sum.dtype)])
         if self.world > 1:
             dist.all_reduce(totals)
         self.log("train/loss", totals[0] / totals[1].clamp(min=1), prog_bar=True, rank_zero_only=True)
         self.log("train/tokens", totals[1], reduce_fx="sum", rank_zero_only=True)
-        return loss_sum * self.world / totals[1].clamp(min=1)
+        loss = loss_sum / totals[1].clamp(min=1)
+        if weighted:
+            self.log("train/response_loss", totals[2] / totals[3].clamp(min=1), prog_bar=True, rank_zero_only=True)
+            loss = loss + h.response_loss_weight * response_sum / totals[3].clamp(min=1)
+        return loss * self.world
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         self._t0 = time.perf_counter()

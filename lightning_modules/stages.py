@@ -10,10 +10,23 @@ from lightning_modules.context_parallel import check_seq_len
 from lightning_modules.errors import ConfigError
 
 
+def runs_dir(out_dir: str) -> str:
+    """`out_dir` for a single run; a multirun job's own folder (Hydra's sweep dir / job subdir) under -m."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return out_dir
+    return HydraConfig.get().runtime.output_dir
+
+
 def register_resolvers() -> None:
-    """`${mul:a,b}`: θ = base x 4^k in stage tables, devices x nodes in trainer=fsdp."""
+    """`${mul:a,b}`: θ = base x 4^k in stage tables, devices x nodes in trainer=fsdp; `${runs_dir:out}`: where
+    a run's stages live (see `runs_dir`)."""
     if not OmegaConf.has_resolver("mul"):
         OmegaConf.register_new_resolver("mul", lambda a, b: a * b)
+    if not OmegaConf.has_resolver("runs_dir"):
+        OmegaConf.register_new_resolver("runs_dir", runs_dir)
 
 
 def check_stage(*, name: str, previous: str | None, init_from: str | None, seq_len: int, cp_degree: int,

@@ -116,7 +116,8 @@ def test_stage_ladder_doubles_length_and_multiplies_theta_by_four():
             assert cfg.stage.seq_len % (2 * cfg.stage.cp_degree * 128) == 0, stage
 
 
-EVAL_REQUIRED = {"checkpoint": ["target.path=/models/some-llama/hf"], "pregenerated": ["task.path=/data/ruler"]}
+EVAL_REQUIRED = {"checkpoint": ["target.path=/models/some-llama/hf"], "pregenerated": ["task.path=/data/ruler"],
+                 "sweep": ["target.path=/data/train/ablation"]}
 
 
 @pytest.mark.parametrize("group,option",
@@ -129,7 +130,7 @@ def test_each_evaluate_option_composes_and_its_settings_are_known(group, option)
 
     cfg = compose("evaluate", [f"{group}={option}", *EVAL_REQUIRED.get(option, [])])
     target, task = (OmegaConf.to_container(cfg[k], resolve=True) for k in ("target", "task"))
-    assert target["kind"] in ("endpoint", "checkpoint") and target["api"] in ("completions", "chat")
+    assert target["kind"] in ("endpoint", "checkpoint", "sweep") and target["api"] in ("completions", "chat")
     assert "/" not in target["name"] and task["kind"] in KINDS
     assert cfg.out_dir.endswith(f"/eval/{target['name']}/{task['name']}")
     if task["kind"] == "niah":
@@ -141,3 +142,20 @@ def test_each_evaluate_option_composes_and_its_settings_are_known(group, option)
         from evals.ruler import TASKS
 
         assert tuple(task["tasks"]) == TASKS
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_each_ablation_experiment_is_a_stage_2_variant_from_the_shared_stage_1_export(experiment):
+    from omegaconf import OmegaConf
+
+    from tests.conftest import compose
+
+    base = compose("train", ["model=tiny", "stage=demo_2k"])
+    cfg = compose("train", ["model=tiny", f"+experiment={experiment}"])
+    assert cfg.stage.name == "demo_2k" and cfg.stage.init_from == f"{cfg.out_dir}/demo_512/hf"
+    assert cfg.stage_dir == f"{cfg.out_dir}/demo_2k"  # a single run; under -m, runs_dir is the job's folder
+    changed = {k for k in ("rope_theta", "max_steps") if cfg.stage[k] != base.stage[k]}
+    sources = OmegaConf.to_container(cfg.data.sources, resolve=True)
+    expected = {"full": set(), "long_base_theta": {"rope_theta"}, "short_only": set(), "theta_only": {"max_steps"}}
+    assert changed == expected[experiment]
+    assert sources[0]["path"].endswith("train_512.jsonl" if experiment == "short_only" else "train_2048.jsonl")

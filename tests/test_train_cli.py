@@ -144,3 +144,40 @@ def test_bad_starts_are_refused_with_what_to_do(tmp_path):
         assert proc.returncode == 2, (args, stderr[-2000:])
         assert message in stderr, (args, stderr[-2000:])
         assert not (tmp_path / "train").exists() or not any((tmp_path / "train").rglob("*.ckpt")), args
+
+
+@pytest.mark.slow
+def test_a_multirun_keeps_its_jobs_apart_chains_stages_within_a_job_and_its_scores_are_collected(tmp_path):
+    from safetensors.torch import load_file
+
+    had_multirun = (ROOT / "multirun").exists()
+    sweep = ["-m", "stage.max_steps=2", "stage.warmup_steps=1", "stage.lr=1e-3,3e-3", "sweep_name=lr"]
+    for stage in ("tiny_1k", "tiny_2k"):
+        done = _train(tmp_path, "-m", f"stage={stage}", *sweep[1:])
+        assert done.returncode == 0, done.stderr[-3000:]
+    root = tmp_path / "train" / "lr"
+    jobs = sorted(p for p in root.iterdir() if p.is_dir())
+    names = [f"stage.lr={lr},stage.max_steps=2,stage.warmup_steps=1" for lr in ("0.001", "0.003")]
+    assert [j.name for j in jobs] == names and (root / "multirun.yaml").is_file()  # named by overrides, not stage=
+    for job in jobs:
+        for stage in ("tiny_1k", "tiny_2k"):
+            assert (job / stage / "hf" / "model.safetensors").is_file() and (job / stage / "last.ckpt").is_file()
+        assert not list(job.rglob("last-v*.ckpt"))
+        assert f"starts from {job}/tiny_1k/hf" not in done.stderr  # never refused: each found its own predecessor
+    a, b = (load_file(j / "tiny_2k" / "hf" / "model.safetensors") for j in jobs)
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # two runs, not one written twice
+    assert not (tmp_path / "train" / "tiny_1k").exists() and (ROOT / "multirun").exists() == had_multirun
+
+    env = {**os.environ, "SELFLONG_DATA": str(tmp_path)}
+    collected = subprocess.run([sys.executable, "evaluate.py", "target=sweep", f"target.path={root}",
+                                "target.stage=tiny_2k", "target.device=cpu", "task=passkey", "task.lengths=[256]",
+                                "task.num_depths=2", "task.samples_per_cell=2", "progress=false",
+                                f"out_dir={tmp_path / 'eval'}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                               timeout=600)
+    assert collected.returncode == 0, collected.stderr[-3000:]
+    table = (tmp_path / "eval" / "sweep.md").read_text()
+    assert "| Variant | 256 |" in table and "| stage.lr=0.001 |" in table and "| stage.lr=0.003 |" in table
+    summary = json.loads((tmp_path / "eval" / "sweep.json").read_text())
+    assert set(summary["scores"]) == {"stage.lr=0.001", "stage.lr=0.003"}
+    for job in jobs:
+        assert (tmp_path / "eval" / job.name / "scores.json").is_file()

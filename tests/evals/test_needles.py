@@ -100,7 +100,8 @@ def test_training_jsonl_is_read_back_by_the_trainer_at_the_length_it_was_made_fo
     assert not list(tmp_path.rglob("*.partial"))
     tok = byte_tokenizer()
     for record, messages in zip(records, read_messages(str(path))):
-        ids, _ = tokenize_messages(tok, messages, "all")
+        ids, _, response = tokenize_messages(tok, messages, "all", mark_responses=True)
+        assert tok.decode(ids[response]).startswith(messages[1]["content"])  # the answer turn is what is marked
         assert len(ids) == record["n_tokens"] and 0.99 * record["target_tokens"] <= len(ids) <= record["target_tokens"]
         assert 256 <= record["target_tokens"] <= 1024
         assert record["provenance"]["programmatic"] is True

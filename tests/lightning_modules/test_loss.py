@@ -41,3 +41,23 @@ def test_chunked_loss_keeps_only_one_chunk_of_logits_for_backward():
         total, _ = chunked_cross_entropy(hidden, weight, labels, chunk_tokens=512)
     assert max(saved) < 4096 * 8192 / 4, max(saved)  # full logits would be 33.5M elements
     total.backward()
+
+
+def test_the_response_sum_is_the_loss_over_marked_labels_only():
+    from lightning_modules.loss import chunked_losses
+
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(3, 20, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(30, 8, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 30, (3, 20), generator=g)
+    labels[:, :4] = IGNORE_INDEX
+    response = torch.rand(3, 20, generator=g) < 0.4
+    total, count, marked, n_marked = chunked_losses(hidden, weight, labels, response, chunk_tokens=7)
+    per_token = F.cross_entropy((hidden @ weight.t()).flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX,
+                                reduction="none").view(3, 20)
+    counted = response & (labels != IGNORE_INDEX)  # a mark on an ignored label counts nothing
+    assert n_marked == counted.sum() and count == (labels != IGNORE_INDEX).sum()
+    torch.testing.assert_close(marked.double(), per_token[counted].sum(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(total.double(), per_token.sum(), atol=1e-5, rtol=1e-5)
+    marked.backward()
+    assert hidden.grad[~counted].abs().max() == 0 and hidden.grad[counted].abs().max() > 0
