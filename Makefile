@@ -27,6 +27,10 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest
 
+# Attention blocks on CPU are tens of MB, allocated and freed many times a step; above 32 MB glibc maps and unmaps
+# each one (page faults: most of the ring's time). Keeping them in the heap makes a ring step 3x faster.
+demo: export MALLOC_MMAP_THRESHOLD_ = 1073741824
+demo: export MALLOC_TRIM_THRESHOLD_ = 4294967296
 demo: $(STAMP)
 	$(PY) index.py store.path=$(DEMO_DIR)/chroma $(DEMO_INDEX)
 	$(PY) index.py store.path=$(DEMO_DIR)/chroma $(DEMO_INDEX) top_k=3 \

@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from agents.errors import InputError
 from evals.client import EvalFailure
-from evals.evaluation import check_group_choices, evaluate, evaluate_sweep, export_training, register_resolvers
+from evals.evaluation import (check_group_choices, evaluate, evaluate_heads, evaluate_heads_sweep, evaluate_sweep,
+                              export_training, register_resolvers)
 
 register_resolvers()
 
@@ -35,6 +36,12 @@ def main(cfg: DictConfig) -> None:
             path = export_training(cfg.export_training, load_tokenizer(e.tokenizer), task, e.seq_len, e.samples,
                                    e.min_fraction, cfg.seed)
             print(f"{path}: {e.samples} programmatic {task['name']} samples of up to {e.seq_len} tokens")
+            return
+        if task["kind"] == "retrieval_heads":
+            sweep = target["kind"] == "sweep"
+            (evaluate_heads_sweep if sweep else evaluate_heads)(target, task, cfg.out_dir, cfg.seed,
+                                                                OmegaConf.to_yaml(cfg))
+            print(open(os.path.join(cfg.out_dir, "heads_sweep.md" if sweep else "heads.md")).read(), end="")
             return
         corpus = instantiate(cfg.corpus)
         run = evaluate_sweep if target["kind"] == "sweep" else evaluate

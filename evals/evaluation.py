@@ -10,6 +10,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 from agents.errors import InputError
 from evals import report
 from evals.client import EvalClient
@@ -17,7 +19,7 @@ from evals.prompting import PromptFormat
 from evals.runner import run_plan, summarize, write_atomic
 from evals.tasks import Plan, limit_lengths, niah_plan, pregenerated_plan, ruler_plan
 
-KINDS = ("niah", "ruler", "pregenerated")
+KINDS = ("niah", "ruler", "pregenerated", "retrieval_heads")
 
 
 def target_format(target: dict) -> PromptFormat:
@@ -232,4 +234,87 @@ def evaluate_sweep(target: dict, task: dict, corpus, out_dir: str, seed: int, co
         f"{name}," + ",".join(str(r["length_means"].get(str(n), "")) for n in lengths) + "\n"
         for name, r in results.items()))
     write_atomic(out / "sweep.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def evaluate_heads(target: dict, task: dict, out_dir: str, seed: int, config_yaml: str) -> dict:
+    """Retrieval scores of every head of a checkpoint (loaded here with eager attention) on needle-copy probes:
+    `heads.json`, `heads.md`, `heatmap_heads.png`; with `task.reference` (another checkpoint folder), the
+    recall of this checkpoint's head set against the reference's."""
+    from transformers import AutoModelForCausalLM
+
+    from evals import retrieval_heads as rh
+    from evals.haystack import Haystack
+    from evals.needles import NeedleFormat
+    from evals.serve import check_checkpoint
+
+    if target["kind"] != "checkpoint":
+        raise InputError("task=retrieval_heads reads attention weights: use target=checkpoint target.path=...")
+    folders = [check_checkpoint(target["path"])] + ([check_checkpoint(task["reference"])] if task.get("reference")
+                                                    else [])
+    fmt = target_format(target)
+    probes = rh.make_probes(fmt, Haystack(haystack_text(task, None), fmt), NeedleFormat(**task["needle"]),
+                            task["length"], task["probes"], seed)
+    scores = []
+    for folder in folders:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), attn_implementation="eager").eval()
+        scores.append(rh.retrieval_scores(model, probes))
+    heads = [rh.head_set(s, task["threshold"]) for s in scores]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "config.yaml", config_yaml)
+    label = "/".join(folders[0].parts[-2:])
+    result = {"model": label, "length": task["length"], "probes": len(probes), "threshold": task["threshold"],
+              "scores": np.round(scores[0], 4).tolist(), "heads": sorted(heads[0]),
+              "reference": str(folders[1]) if len(folders) > 1 else None,
+              "reference_heads": sorted(heads[1]) if len(folders) > 1 else None,
+              "reference_scores": np.round(scores[1], 4).tolist() if len(folders) > 1 else None,
+              "recall": rh.recall(heads[0], heads[1]) if len(folders) > 1 else None}
+    rh.heatmap(scores[0], out / "heatmap_heads.png", f"retrieval score per head\n{label}, {task['length']} tokens, "
+                                                     f"{len(probes)} probes")
+    lines = [f"{label}: {len(heads[0])} head(s) with retrieval score >= {task['threshold']} at {task['length']} "
+             f"tokens ({len(probes)} probes): {', '.join(f'L{l}H{h}' for l, h in sorted(heads[0])) or 'none'}"]
+    if result["reference"]:
+        shown = "n/a (the reference has none)" if result["recall"] is None else f"{result['recall']:.2f}"
+        lines.append(f"recall against {result['reference']} ({len(heads[1])} heads): {shown}")
+    write_atomic(out / "heads.md", "\n".join(lines) + "\n")
+    write_atomic(out / "heads.json", json.dumps(result, indent=2))
+    return result
+
+
+def evaluate_heads_sweep(target: dict, task: dict, out_dir: str, seed: int, config_yaml: str) -> dict:
+    """Retrieval heads of every job of a training sweep, each job's head set recalled against the reference job's
+    (`task.reference`: a job name as `sweep.md` shows it, or a checkpoint folder) and its mean score on the
+    reference's heads, ranked by the two, in one table beside the jobs' NIAH scores when `task.niah_scores`
+    names a `sweep.json` of the same sweep."""
+    jobs = sweep_jobs(target["path"], target["stage"])
+    reference = task.get("reference")
+    if reference in jobs:
+        reference = str(jobs[reference])
+    out = Path(out_dir)
+    rows = {}
+    for name, hf in jobs.items():
+        job_target = {**target, "kind": "checkpoint", "path": str(hf)}
+        rows[name] = evaluate_heads(job_target, {**task, "reference": reference}, str(out / hf.parents[1].name),
+                                    seed, config_yaml)
+    niah = json.loads(Path(task["niah_scores"]).read_text())["scores"] if task.get("niah_scores") else {}
+    lengths = sorted({n for means in niah.values() for n in means}, key=int)
+    head = ["Variant", "retrieval heads", f"recall vs {Path(reference).parents[1].name if reference else '-'}",
+            "score on those heads", *[f"NIAH {report.length_label(int(n))}" for n in lengths]]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    def rank(r: dict) -> tuple[float, float]:  # recall first, then how strongly the reference heads retrieve
+        return -(r["recall"] or 0), -sum(r["scores"][l][h] for l, h in r["reference_heads"] or [])
+
+    for name, r in sorted(rows.items(), key=lambda kv: rank(kv[1])):
+        heads = ", ".join(f"L{l}H{h}" for l, h in r["heads"]) or "none"
+        shown = "-" if r["recall"] is None else f"{r['recall']:.2f}"
+        on_reference = [r["scores"][l][h] for l, h in r["reference_heads"] or []]
+        score = f"{sum(on_reference) / len(on_reference):.2f}" if on_reference else "-"
+        lines.append(f"| {name} | {heads} | {shown} | {score} | " + " | ".join(
+            f"{niah.get(name, {}).get(n, float('nan')):.1f}" for n in lengths) + " |")
+    table = "\n".join(lines) + "\n"
+    write_atomic(out / "heads_sweep.md", f"retrieval heads (score >= {task['threshold']}, {task['length']} tokens) of "
+                                         f"{target['stage']} in each job of {target['path']}\n\n{table}")
+    summary = {name: {"heads": r["heads"], "recall": r["recall"]} for name, r in rows.items()}
+    write_atomic(out / "heads_sweep.json", json.dumps(summary, indent=2))
     return summary

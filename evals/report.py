@@ -106,7 +106,14 @@ def heatmap(cells: dict[Cell, dict], task: str, path: Path, model: str) -> None:
                 ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=7)
     means_text = ", ".join(f"{length_label(n)}: {m:.1f}" for n, m in zip(lengths, means))
     ax.set_title(f"{task} — {model}\nmean per length: {means_text}", fontsize=9)
-    fig.colorbar(im, ax=ax, label="score")
+    save_figure(fig, im, "score", path)
+
+
+def save_figure(fig, image, label: str, path: Path) -> None:
+    """Add the colour bar, lay out, and write the PNG whole or not at all."""
+    import matplotlib.pyplot as plt
+
+    fig.colorbar(image, ax=fig.axes[0], label=label)
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".partial.png")
     fig.savefig(tmp, dpi=110)

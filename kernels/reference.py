@@ -51,9 +51,9 @@ def _acc(t: torch.Tensor) -> torch.Tensor:
 
 
 def _probs(q, k, lse, mask, softmax_scale):
-    scores = (q @ k.transpose(-1, -2)) * softmax_scale  # [B, Hq, Sq, Sk] fp32
+    scores = (q @ k.transpose(-1, -2)).mul_(softmax_scale)  # [B, Hq, Sq, Sk] fp32, worked on in place
     safe_lse = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
-    return torch.where(mask, torch.exp(scores - safe_lse[..., None]), torch.zeros_like(scores))
+    return scores.sub_(safe_lse[..., None]).exp_().masked_fill_(~mask, 0.0)
 
 
 def block_attn(
@@ -65,10 +65,10 @@ def block_attn(
     groups = hq // k.shape[1]
     qf, kf, vf = _acc(q), _expand_kv(_acc(k), groups), _expand_kv(_acc(v), groups)
     mask = visibility(b, sq, k.shape[2], causal, q_pos, k_pos, doc_q, doc_k, q.device)
-    scores = (qf @ kf.transpose(-1, -2)) * softmax_scale
-    scores = scores.masked_fill(~mask, float("-inf"))
+    scores = (qf @ kf.transpose(-1, -2)).mul_(softmax_scale).masked_fill_(~mask, float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)  # -inf where a row sees nothing
-    probs = _probs(qf, kf, lse, mask, softmax_scale)
+    safe_lse = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+    probs = scores.sub_(safe_lse[..., None]).exp_()  # masked scores are -inf: exp gives 0; in place (big on CPU)
     return (probs @ vf).to(q.dtype), lse
 
 
@@ -85,8 +85,7 @@ def block_attn_backward(
     mask = visibility(b, sq, sk, causal, q_pos, k_pos, doc_q, doc_k, q.device)
     probs = _probs(qf, kf, _acc(lse), mask, softmax_scale)  # [B, Hq, Sq, Sk]
     delta = (do * o).sum(-1, keepdim=True)  # [B, Hq, Sq, 1]
-    dprobs = do @ vf.transpose(-1, -2)
-    dscores = probs * (dprobs - delta)
+    dscores = (do @ vf.transpose(-1, -2)).sub_(delta).mul_(probs)
     dq = (dscores @ kf) * softmax_scale
     dk = (dscores.transpose(-1, -2) @ qf) * softmax_scale  # [B, Hq, Sk, D]
     dv = probs.transpose(-1, -2) @ do

@@ -181,3 +181,12 @@ def test_a_multirun_keeps_its_jobs_apart_chains_stages_within_a_job_and_its_scor
     assert set(summary["scores"]) == {"stage.lr=0.001", "stage.lr=0.003"}
     for job in jobs:
         assert (tmp_path / "eval" / job.name / "scores.json").is_file()
+    heads = subprocess.run([sys.executable, "evaluate.py", "target=sweep", f"target.path={root}",
+                            "target.stage=tiny_2k", "task=retrieval_heads", "task.length=256", "task.probes=2",
+                            "task.reference='stage.lr=0.001'", f"task.niah_scores={tmp_path / 'eval' / 'sweep.json'}",
+                            f"out_dir={tmp_path / 'heads'}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert heads.returncode == 0, heads.stderr[-3000:]
+    table = (tmp_path / "heads" / "heads_sweep.md").read_text()
+    assert "| Variant | retrieval heads | recall vs stage.lr=0.001," in table and "NIAH 256 |" in table
+    assert "| stage.lr=0.001 |" in table and "| stage.lr=0.003 |" in table

@@ -124,7 +124,8 @@ def test_bad_input_exits_2_naming_what_to_fix_and_writes_no_results(server, tiny
          "config.json, tokenizer_config.json missing"),
         (["task=ruler", "task.lengths=[1024]", "task.qa_files.qa_1=/no/such/squad.json", *endpoint],
          "QA file /no/such/squad.json (task.qa_files.qa_1) does not exist"),
-        (["task=needles", *endpoint], "unknown task 'needles': choose one of niah, passkey, pregenerated, ruler"),
+        (["task=needles", *endpoint],
+         "unknown task 'needles': choose one of niah, passkey, pregenerated, retrieval_heads"),
         ([*SMALL, *endpoint, "target.max_model_len=128"], "nothing to evaluate: length 256: above the target's 128"),
         (["task=pregenerated", f"task.path={tmp_path / 'missing'}", *endpoint], "no RULER-format JSONL at"),
         ([*SMALL, *endpoint[1:], f"target.base_url={server.url[:-3]}"], "/models answered HTTP 404: check "
