@@ -37,7 +37,8 @@ def main(cfg: DictConfig) -> None:
         remake = f"python train.py model={HydraConfig.get().runtime.choices['model']} stage={s.previous}"
         check_stage(name=s.name, previous=s.previous, init_from=s.init_from, seq_len=s.seq_len,
                     cp_degree=s.cp_degree, attention=a.name, kernel_block=a.kernel_block, layout=a.layout,
-                    processes=trainer_kw["devices"] * trainer_kw["num_nodes"], remake=remake)
+                    processes=trainer_kw["devices"] * trainer_kw["num_nodes"], remake=remake,
+                    dense_max_len=a.max_len)
         ckpt_path = resolve_ckpt(cfg.ckpt_path, cfg.stage_dir)
         tokenizer = load_tokenizer(cfg.model.tokenizer)
         data = PackedDataModule(tokenizer, c["data"]["sources"], s.seq_len, c["data"]["batch_size"], cfg.seed,
@@ -51,7 +52,8 @@ def main(cfg: DictConfig) -> None:
                            seq_len=s.seq_len, attention=a.name, cp_degree=s.cp_degree, layout=a.layout,
                            ring_blocks=a.blocks, gradient_checkpointing=cfg.model.gradient_checkpointing,
                            loss_chunk_tokens=cfg.loss_chunk_tokens, **c["optim"], max_steps=s.max_steps, fsdp=fsdp,
-                           peak_tflops=peak_tflops, response_loss_weight=cfg.response_loss_weight)
+                           peak_tflops=peak_tflops, response_loss_weight=cfg.response_loss_weight,
+                           mixed_precision="bf16" if "bf16" in str(trainer_kw["precision"]) else None)
     if s.max_steps == 0:  # "θ only": the start model with this stage's θ and length, exported untrained
         module.configure_model()
         export_hf(module.model, tokenizer, f"{cfg.stage_dir}/hf")

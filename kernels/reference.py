@@ -1,11 +1,12 @@
 """Torch reference of the block attention contract: the oracle for tests and the block function on CPU.
 
-    block_attn(q, k, v, *, softmax_scale, causal, q_pos=None, k_pos=None, doc_q=None, doc_k=None)
-        -> (out, lse)
+    block_attn(q, k, v, *, softmax_scale, causal, q_pos=None, k_pos=None, doc_q=None, doc_k=None,
+               out_dtype=None) -> (out, lse)
     block_attn_backward(dout, q, k, v, out, lse, *, same keywords) -> (dq, dk, dv)
 
 q `[B, Hq, Sq, D]`, k/v `[B, Hkv, Sk, D]` with Hq a multiple of Hkv (GQA, heads not repeated by the
-caller). Query i may see key j when (not causal or q_pos[i] >= k_pos[j]) and doc_q[i] == doc_k[j].
+caller). Query i may see key j when (not causal or q_pos[i] >= k_pos[j]) and doc_q[i] == doc_k[j] >= 0: a
+negative document id is padding, which sees nothing and is seen by nothing.
 Positions and document ids are `[S]` or `[B, S]` integers; positions default to 0..S-1 (so a
 causal block at an offset passes its global positions). Everything is computed in fp32 (fp64 inputs stay fp64); `lse` is
 the natural log-sum-exp of the scaled scores `[B, Hq, Sq]`, -inf for a row that sees no key (its
@@ -38,7 +39,7 @@ def visibility(
             raise ValueError("doc_q and doc_k must be given together")
         dq = _per_batch(doc_q, batch, sq, device)
         dk = _per_batch(doc_k, batch, sk, device)
-        mask &= dq[:, :, None] == dk[:, None, :]
+        mask &= (dq[:, :, None] == dk[:, None, :]) & (dk[:, None, :] >= 0)  # padding (< 0) sees nothing
     return mask[:, None]
 
 
@@ -58,9 +59,9 @@ def _probs(q, k, lse, mask, softmax_scale):
 
 def block_attn(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, softmax_scale: float, causal: bool,
-    q_pos=None, k_pos=None, doc_q=None, doc_k=None,
+    q_pos=None, k_pos=None, doc_q=None, doc_k=None, out_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention of q over one K/V block: (out `[B, Hq, Sq, D]` in q's dtype, lse fp32 `[B, Hq, Sq]`)."""
+    """Attention of q over one K/V block: (out `[B, Hq, Sq, D]` in q's dtype or `out_dtype`, lse fp32 `[B, Hq, Sq]`)."""
     b, hq, sq, _ = q.shape
     groups = hq // k.shape[1]
     qf, kf, vf = _acc(q), _expand_kv(_acc(k), groups), _expand_kv(_acc(v), groups)
@@ -69,7 +70,7 @@ def block_attn(
     lse = torch.logsumexp(scores, dim=-1)  # -inf where a row sees nothing
     safe_lse = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
     probs = scores.sub_(safe_lse[..., None]).exp_()  # masked scores are -inf: exp gives 0; in place (big on CPU)
-    return (probs @ vf).to(q.dtype), lse
+    return (probs @ vf).to(out_dtype or q.dtype), lse
 
 
 def block_attn_backward(

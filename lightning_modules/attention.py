@@ -3,9 +3,10 @@
 
 `register()` adds both to transformers' `AttentionInterface` and `AttentionMaskInterface` (without
 the latter a custom attention silently receives no padding mask). The mask function hands over the
-2-D padding mask only when there is padding, never a dense `[B, 1, S, S]` one; padded keys become
-a document of their own. Packed sequences pass `doc_ids=` `[B, S]` to the model's forward, and the
-global `position_ids` are the ones RoPE gets, so causal masking follows the real positions.
+2-D padding mask only when there is padding, never a dense `[B, 1, S, S]` one; padded tokens get
+document id -1, which the kernels treat as padding: seen by nothing, their blocks skipped. q, k and v
+reach the kernels in one dtype (`compute_dtype`). Packed sequences pass `doc_ids=` `[B, S]` to the
+model's forward, and the global `position_ids` are the ones RoPE gets, so causal masking follows the real positions.
 The ring's process group is process-wide (`use_context_parallel`), set once by the trainer.
 """
 
@@ -47,6 +48,20 @@ def _documents(attention_mask: torch.Tensor | None, doc_ids: torch.Tensor | None
     return torch.where(attention_mask.to(torch.bool), docs, torch.full_like(docs, -1))
 
 
+def compute_dtype(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.dtype:
+    """The one dtype q, k and v enter the kernels in: the autocast dtype when autocast is on (RoPE's fp32
+    cos/sin leave q and k fp32 while v is the projection's bf16), else the projections' (value's) dtype."""
+    device = query.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return value.dtype
+
+
+def _one_dtype(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    dtype = compute_dtype(query, key, value)
+    return tuple(t if t.dtype == dtype else t.to(dtype) for t in (query, key, value))
+
+
 def _positions(position_ids: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     if position_ids is None:
         return torch.arange(like.shape[2], device=like.device)
@@ -64,6 +79,7 @@ def flash_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: t
         raise ValueError("the flash attention has no dropout; set config.attention_dropout=0")
     pos = _positions(position_ids, query)
     docs = _documents(attention_mask, doc_ids, query)
+    query, key, value = _one_dtype(query, key, value)
     out = flash_attn(query, key, value, softmax_scale=scaling, causal=True, q_pos=pos, k_pos=pos, doc_q=docs,
                      doc_k=docs)
     return out.transpose(1, 2).contiguous(), None
@@ -88,6 +104,7 @@ def ring_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: to
         fns = dict(block_attn_fn=triton_block_attn, block_attn_backward_fn=triton_block_attn_backward)
     else:
         fns = dict(block_attn_fn=block_attn, block_attn_backward_fn=block_attn_backward)
+    query, key, value = _one_dtype(query, key, value)
     out = ring_attn(query, key, value, positions=_positions(position_ids, query), causal=True, softmax_scale=scaling,
                     doc_ids=_documents(attention_mask, doc_ids, query), comm=comm, **fns)
     return out.transpose(1, 2).contiguous(), None

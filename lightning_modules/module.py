@@ -23,15 +23,32 @@ def flops_per_token(n_params: int, n_layers: int, hidden: int, seq_len: int) -> 
     return 6.0 * n_params + 6.0 * n_layers * seq_len * hidden
 
 
+def mixed_precision_policy(mixed_precision: str | None):
+    """FSDP2's policy: bf16 parameters for compute, fp32 gradient reduction (None: everything fp32)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    if mixed_precision is None:
+        return MixedPrecisionPolicy()
+    if mixed_precision != "bf16":
+        raise ConfigError(f"mixed_precision must be 'bf16' or None, not {mixed_precision!r}")
+    return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+
+
 class LongContextLM(L.LightningModule):
-    """One stage of context extension. Every argument is plain; `train.py` maps the config to them."""
+    """One stage of context extension. Every argument is plain; `train.py` maps the config to them.
+
+    `mixed_precision="bf16"`: bf16 compute over fp32 master weights. Under FSDP2 a `MixedPrecisionPolicy`
+    gathers parameters in bf16 (the residual stream is bf16) and reduces gradients in fp32; under DDP the
+    trainer's bf16 autocast does it (weights and gradient reduction stay fp32). Pure bf16 weights are not
+    offered: AdamW updates of ~1e-5 relative size vanish in bf16's 8-bit mantissa."""
 
     def __init__(self, init_from: str | None = None, model_config: dict | None = None, rope_theta: float = 1e4,
                  seq_len: int = 1024, attention: str = "sdpa", cp_degree: int = 1, layout: str = "zigzag",
                  ring_blocks: str = "auto", gradient_checkpointing: bool = False, loss_chunk_tokens: int = 4096,
                  lr: float = 1e-5, weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95),
                  warmup_steps: int = 0, schedule: str = "constant", max_steps: int = 1, fsdp: bool = False,
-                 peak_tflops: float | None = None, response_loss_weight: float = 0.0) -> None:
+                 peak_tflops: float | None = None, response_loss_weight: float = 0.0,
+                 mixed_precision: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net: ChunkedLossLM | None = None
@@ -82,9 +99,10 @@ class LongContextLM(L.LightningModule):
             # CP ranks hold the same parameters: shard over every rank (dp x cp flattened); one unit
             # per decoder layer, and the root (embeddings, norm, head) around the loss's forward
             mesh = init_device_mesh("cuda" if torch.cuda.is_available() else "cpu", (self.world,))
+            policy = mixed_precision_policy(h.mixed_precision)
             for layer in model.base_model.layers:
-                fully_shard(layer, mesh=mesh)
-            fully_shard(self.net, mesh=mesh)
+                fully_shard(layer, mesh=mesh, mp_policy=policy)
+            fully_shard(self.net, mesh=mesh, mp_policy=policy)
 
     # --- training --------------------------------------------------------------------------------
 
@@ -99,8 +117,11 @@ class LongContextLM(L.LightningModule):
         kwargs = {"doc_ids": part.doc_ids}
         if h.attention in ("sdpa", "eager"):  # a dense causal, same-document mask [B, 1, S, S]
             b, s = part.input_ids.shape
-            kwargs = {"attention_mask": visibility(b, s, s, True, part.position_ids, part.position_ids, part.doc_ids,
-                                                   part.doc_ids, part.input_ids.device)}
+            mask = visibility(b, s, s, True, part.position_ids, part.position_ids, part.doc_ids, part.doc_ids,
+                              part.input_ids.device)
+            # padding sees nothing; a row of SDPA with no key is NaN, so a pad sees itself (its labels are ignored)
+            mask |= torch.diag_embed((part.doc_ids < 0))[:, None]
+            kwargs = {"attention_mask": mask}
         loss_sum, count, response_sum, response_count = self.net(part.input_ids, part.labels, part.position_ids,
                                                                  part.response, **kwargs)
         totals = torch.stack([loss_sum.detach(), count.to(loss_sum.dtype), response_sum.detach(),

@@ -30,15 +30,22 @@ def register_resolvers() -> None:
 
 
 def check_stage(*, name: str, previous: str | None, init_from: str | None, seq_len: int, cp_degree: int,
-                attention: str, kernel_block: int, layout: str, processes: int, remake: str) -> None:
+                attention: str, kernel_block: int, layout: str, processes: int, remake: str,
+                dense_max_len: int | None = None) -> None:
     """Refuse a start that cannot work: missing predecessor export, a length the ring cannot split,
-    a context-parallel degree without the ring or without the processes."""
+    a context-parallel degree without the ring or without the processes, a dense-mask attention (sdpa,
+    eager) past `dense_max_len` tokens (its `[B, 1, S, S]` mask alone is S² bytes per row)."""
     if init_from is not None and not (Path(init_from) / "config.json").is_file():
         if previous:
             raise ConfigError(f"stage {name} starts from {init_from}, which does not exist: stage {previous} has "
                               f"not been exported there. Make it first: {remake}")
         raise ConfigError(f"stage {name} starts from {init_from}, which has no config.json; set model.path "
                           f"(or stage.init_from) to a local Hugging Face model folder")
+    if attention in ("sdpa", "eager") and dense_max_len is not None and seq_len > dense_max_len:
+        raise ConfigError(f"stage {name}: attention={attention} builds a dense [B, 1, S, S] mask ({seq_len}^2 "
+                          f"bytes = {seq_len ** 2 / 2 ** 30:.1f} GiB per row) and is limited to attention.max_len="
+                          f"{dense_max_len} tokens; use attention=flash (one GPU) or attention=ring "
+                          f"stage.cp_degree=N (N GPUs)")
     if cp_degree > 1 and attention != "ring":
         raise ConfigError(f"stage.cp_degree={cp_degree} needs attention=ring (got attention={attention})")
     if processes % cp_degree:

@@ -120,3 +120,13 @@ def topics_index(tmp_path_factory, embed_server, minilm_tokenizer):
     corpus = PythonDocsCorpus(docstrings=False)
     index_corpus(corpus, TokenChunker(minilm_tokenizer), embedder, ChromaStore(str(path)), progress=False)
     return str(path), spec
+
+
+@pytest.fixture(scope="session")
+def bf16_flash_step():
+    """Real training steps of a tiny Llama (Triton interpreter on CPU): bf16-mixed and fp32 with attention=flash,
+    and bf16-mixed with the ring's Triton blocks in one process (its partial outputs are fp32):
+    {"bf16": (loss, launches, grads), "fp32": (...), "ring_bf16": (...)}."""
+    from tests.lightning_modules.steps import step
+
+    return {"bf16": step("flash", True), "fp32": step("flash", False), "ring_bf16": step("ring", True)}
