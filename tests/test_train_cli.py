@@ -130,6 +130,9 @@ def test_bad_starts_are_refused_with_what_to_do(tmp_path):
         (["attention=ring", "stage.cp_degree=2", "trainer.devices=2", "stage.seq_len=1280"],
          "seq_len=1280 is not divisible by 4 x 128 = 512"),
         (["stage.cp_degree=2"], "stage.cp_degree=2 needs attention=ring (got attention=sdpa)"),
+        (["stage.seq_len=32768"], "attention=sdpa builds a dense [B, 1, S, S] mask (32768^2 bytes = 1.0 GiB per row) "
+                                  "and is limited to attention.max_len=16384 tokens; use attention=flash (one GPU) or "
+                                  "attention=ring stage.cp_degree=N (N GPUs)"),
         (["attention=ring", "stage.cp_degree=2"], "1 processes (trainer.devices x trainer.num_nodes) cannot form"),
         (["ckpt_path=last"], f"ckpt_path=last: {tmp_path}/train/tiny_1k/last.ckpt does not exist"),
         (["data=selflong"], f"data file {tmp_path}/synth/samples.jsonl does not exist"),
