@@ -187,3 +187,22 @@ def test_offsets_past_two_to_the_31_elements_are_computed_in_int64():
     result = subprocess.run([sys.executable, "-c", _BIG_STRIDE], cwd=ROOT, capture_output=True, text=True,
                             timeout=600, env={**__import__("os").environ, "TRITON_INTERPRET": "1"})
     assert result.returncode == 0, (result.returncode, result.stdout[-500:], result.stderr[-2000:])
+
+
+def test_a_schedule_is_reused_for_the_same_ids_and_never_for_changed_ones():
+    """Every layer passes the same position / document tensors: their schedule is made once; an id tensor
+    changed in place (or a new one) gets a new schedule, so the result still matches the reference."""
+    import importlib
+
+    fa = importlib.import_module("kernels.flash_attn")
+    q, k, v, _, _ = _inputs(1, 2, 2, 64, 64, 16, 0, False)
+    docs = torch.arange(64) // 20
+    fa._SCHEDULES.clear()
+    for _ in range(3):
+        triton_block_attn(q, k, v, softmax_scale=0.25, causal=True, doc_q=docs, doc_k=docs)
+    assert len(fa._SCHEDULES) == 1
+    docs[:40] = 7  # in place: the version counter moves, the old schedule is not used
+    out, _ = triton_block_attn(q, k, v, softmax_scale=0.25, causal=True, doc_q=docs, doc_k=docs)
+    want, _ = block_attn(q, k, v, softmax_scale=0.25, causal=True, doc_q=docs, doc_k=docs)
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+    assert len(fa._SCHEDULES) == 2
