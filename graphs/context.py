@@ -15,6 +15,13 @@ from typing import Any
 from agents.samples import sample_id
 
 _MINILM = json.dumps({"_target_": "agents.embedder.SentenceTransformerEmbedder", "name": "all-MiniLM-L6-v2"})
+# How an embedder is reached, not what it computes: left out of sample ids (a new URL, timeout, device or batch
+# size must not redo a finished run). What is kept (class, model, weights' sha256, prefixes, dimensions)
+# decides the index and so the documents a sample gets.
+_EMBEDDER_TRANSPORT = {"base_url", "api_key_env", "batch_size", "max_concurrency", "timeout", "max_retries", "device",
+                       "path"}
+# Settings that change how a run goes but never what a sample contains.
+_NOT_CONTENT = {"cache_path", "store_path"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,8 +73,12 @@ class SynthContext:
     acer_ranker: str = "embedding"
 
     def sample_id(self, kind: str, index: int, target_tokens: int | None = None) -> str:
-        """Id of the sample a graph makes from this index: a hash of everything that decides it."""
-        decided_by = {k: v for k, v in asdict(self).items() if not k.startswith("llm_") and k != "cache_path"}
+        """Id of the sample a graph makes from this index: a hash of what decides its content (the model,
+        generation and fitting settings, prompts' settings, corpus and embedder identity), never of URLs,
+        timeouts, paths or concurrency."""
+        decided_by = {k: v for k, v in asdict(self).items() if not k.startswith("llm_") and k not in _NOT_CONTENT}
+        embedder = json.loads(self.embedder)
+        decided_by["embedder"] = {k: v for k, v in embedder.items() if k not in _EMBEDDER_TRANSPORT}
         return sample_id(
             kind=kind, index=index, target_tokens=target_tokens, llm_model=self.llm_model,
             llm_temperature=self.llm_temperature, llm_max_tokens=self.llm_max_tokens, settings=decided_by,
