@@ -63,22 +63,31 @@ async def instruction(state: SynthState, runtime: Runtime[SynthContext]) -> dict
     store = await asyncio.to_thread(lambda: res.retriever.store)
     total = await asyncio.to_thread(store.chunks.count)
     reason = "no attempt"
-    for attempt in range(ctx.instruction_attempts):
-        chunk_id, chunk = await asyncio.to_thread(store.chunk_at, _rng(ctx, state["index"], attempt).randrange(total))
-        try:
-            text = await write_instruction(res.llm, chunk)
-        except LLMFailure as err:
-            reason = str(err)
-            continue
-        reason = instruction_problem(text, ctx.instruction_min_words, ctx.instruction_max_words)
-        if reason is None:
-            similarity = res.deduper.similar(text)
-            if similarity >= ctx.dedup_threshold:
-                reason = f"near-duplicate instruction (3-gram Jaccard {similarity:.2f})"
-            else:
-                res.deduper.add(text)
-                return {"sample_id": sid, "seed_chunk_id": chunk_id, "instruction": text, "calls": attempt + 1}
-    return {"sample_id": sid, "calls": ctx.instruction_attempts, **_reject("instruction", reason)}
+    index = state["index"]
+    try:
+        for attempt in range(ctx.instruction_attempts):
+            chunk_id, chunk = await asyncio.to_thread(store.chunk_at, _rng(ctx, index, attempt).randrange(total))
+            try:
+                text = await write_instruction(res.llm, chunk)
+            except LLMFailure as err:
+                reason = str(err)
+                continue
+            reason = instruction_problem(text, ctx.instruction_min_words, ctx.instruction_max_words)
+            if reason is None:
+                # near-duplicates of lower indices only, decided once all of them are final: a sample's
+                # instruction never depends on which samples finished first
+                if res.order is not None:
+                    await res.order.turn(index)
+                similarity = await asyncio.to_thread(res.deduper.similar, text, index)
+                if similarity >= ctx.dedup_threshold:
+                    reason = f"near-duplicate instruction (3-gram Jaccard {similarity:.2f})"
+                else:
+                    res.deduper.add(text, index)
+                    return {"sample_id": sid, "seed_chunk_id": chunk_id, "instruction": text, "calls": attempt + 1}
+        return {"sample_id": sid, "calls": ctx.instruction_attempts, **_reject("instruction", reason)}
+    finally:
+        if res.order is not None:
+            res.order.settle(index)
 
 
 async def retrieve(state: SynthState, runtime: Runtime[SynthContext]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import json
 import threading
 from dataclasses import dataclass, field
 
-from agents.instructions import InstructionDeduper
+from agents.instructions import InOrder, InstructionDeduper
 from agents.llm import LLMClient
 from agents.retriever import Retriever
 from agents.store import ChromaStore
@@ -22,6 +22,7 @@ class Resources:
     ctx: SynthContext
     llm: LLMClient
     deduper: InstructionDeduper
+    order: InOrder | None = None  # set by a run: near-duplicate decisions in index order
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _retriever: Retriever | None = None
     _counter: ChatTokenCounter | None = None

@@ -17,7 +17,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from agents.samples import JsonlWriter, read_jsonl
+from agents.instructions import InOrder
+from agents.samples import JsonlWriter
 from graphs.context import SynthContext
 from graphs.resources import resources
 
@@ -89,12 +90,20 @@ async def run_jobs(graph, ctx: SynthContext, mode: str, jobs: Sequence[dict[str,
     kind = KINDS[mode]
     res = resources(ctx)
     await res.llm.preflight()
-    samples, rejected = JsonlWriter(samples_path), JsonlWriter(rejected_path)
-    if kind == "long_input":
-        for record in read_jsonl(samples.path):
-            res.deduper.add(record["instruction"])
+    # reopening reads the files' small index sidecars (ids, indices, instructions), never the samples
+    samples = JsonlWriter(samples_path, keep=("instruction",))
+    rejected = JsonlWriter(rejected_path, keep=("instruction",))
     ids = {id(job): ctx.sample_id(kind, job["index"], job.get("target_tokens")) for job in jobs}
-    todo = [job for job in jobs if ids[id(job)] not in samples.ids and ids[id(job)] not in rejected.ids]
+    todo = sorted((job for job in jobs if ids[id(job)] not in samples.ids and ids[id(job)] not in rejected.ids),
+                  key=lambda job: job["index"])
+    if kind == "long_input":  # near-duplicates are judged against lower indices, in index order
+        res.order = InOrder([job["index"] for job in jobs])
+        index_of = {ids[id(job)]: job["index"] for job in jobs}
+        for record in samples.records + rejected.records:
+            if record["id"] in index_of:
+                if record.get("instruction"):
+                    res.deduper.add(record["instruction"], index_of[record["id"]])
+                res.order.settle(index_of[record["id"]])
     summary = RunSummary(already_done=len(jobs) - len(todo))
     gate = asyncio.Semaphore(samples_in_flight)
     config = {"recursion_limit": 30 + 10 * ctx.qfs_max_depth, "max_concurrency": ctx.llm_max_in_flight}
@@ -105,6 +114,9 @@ async def run_jobs(graph, ctx: SynthContext, mode: str, jobs: Sequence[dict[str,
                 return job, await graph.ainvoke(job, config=config, context=ctx)
             except Exception as err:  # a bug or an unexpected library error fails this sample only
                 return job, {"rejection": {"step": "graph", "reason": f"{type(err).__name__}: {err}"}}
+            finally:
+                if res.order is not None:
+                    res.order.settle(job["index"])
 
     tasks = [asyncio.create_task(one(job)) for job in todo]
     bar = tqdm(total=len(jobs), initial=summary.already_done, unit="sample", disable=not progress, desc=mode)
@@ -118,7 +130,8 @@ async def run_jobs(graph, ctx: SynthContext, mode: str, jobs: Sequence[dict[str,
             else:
                 reason = out.get("rejection") or {"step": "graph", "reason": "no sample and no rejection"}
                 rejected.write({"id": ids[id(job)], "kind": kind, "index": job["index"],
-                                "target_tokens": job.get("target_tokens"), **reason})
+                                "target_tokens": job.get("target_tokens"), "instruction": out.get("instruction"),
+                                **reason})
                 summary.rejected += 1
             bar.update(1)
             bar.set_postfix(done=summary.samples, rejected=summary.rejected, in_flight=res.llm.stats.in_flight,
@@ -133,6 +146,7 @@ async def run_jobs(graph, ctx: SynthContext, mode: str, jobs: Sequence[dict[str,
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        res.order = None  # the shared resources outlive the run (Studio, a later run)
         bar.close()
         samples.close()
         rejected.close()

@@ -65,6 +65,7 @@ class ServerControl:
     answer_mode: str = "oracle"  # evaluation replies: "oracle" (the needle's answer) or "wrong"
     completion_requests: int = 0  # /v1/completions requests received
     qa_answers: dict = field(default_factory=dict)  # question -> answer, for RULER's QA tasks
+    instruction_pool: int = 0  # > 0: instructions come from this many fixed texts, picked by the passage (collide)
     _rng: random.Random | None = None
 
     def reset(self) -> None:
@@ -196,6 +197,10 @@ def build_app(control: ServerControl) -> FastAPI:
             if fault == "timeout":
                 await asyncio.sleep(control.timeout_sleep)
             content, is_json = scripted_reply(body["messages"])
+            if control.instruction_pool and is_json and '"instruction"' in content and "passage>" in str(body):
+                pick = zlib.crc32(json.dumps(body["messages"]).encode()) % control.instruction_pool
+                content = json.dumps({"instruction": f"Using several documents, explain topic number {pick} of the "
+                                                     f"library and how its pieces connect to each other."})
             if not content:  # not a synthesis prompt: an evaluation one
                 content = evaluation_reply(body["messages"][-1]["content"], control).strip()
             finish = "stop"

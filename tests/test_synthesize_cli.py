@@ -82,3 +82,43 @@ def test_sharded_runs_split_the_samples(server, topics_index, tiny_tokenizer, tm
     assert not {s["id"] for s in shards[0]} & {s["id"] for s in shards[1]}
     first = (tmp_path / "out" / "samples.shard0-of-2.jsonl").read_text().splitlines()[0]
     assert json.loads(first)["kind"] == "long_input"
+
+
+def test_a_run_killed_20_times_stores_the_samples_of_an_uninterrupted_one(server, topics_index, tiny_tokenizer,
+                                                                          tmp_path):
+    """Instructions collide across seed chunks (4 distinct replies for 8 samples), so the near-duplicate filter
+    decides which samples exist: two uninterrupted runs and one killed 20 times store byte-identical samples."""
+    server.control.instruction_pool = 4
+    extra = ("synth.num_samples=8", "synth.max_error_rate=1.0")
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        done = subprocess.run(_args(server, topics_index, tiny_tokenizer, out, *extra), cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    server.control.chat_latency = 0.02
+    rng = random.Random(11)
+    run = tmp_path / "killed"
+    for _ in range(20):
+        start = server.control.chat_requests
+        proc = subprocess.Popen(_args(server, topics_index, tiny_tokenizer, run, *extra), cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        kill_after, deadline = rng.randint(1, 12), time.time() + 120
+        while server.control.chat_requests < start + kill_after and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.005)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    server.control.chat_latency = 0.0
+    done = subprocess.run(_args(server, topics_index, tiny_tokenizer, run, *extra), cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    def stored(out):
+        samples = sorted(json.dumps(s, sort_keys=True) for s in read_jsonl(out / "samples.jsonl"))
+        rejected = sorted((r["index"], r["reason"]) for r in read_jsonl(out / "rejected.jsonl"))
+        return samples, rejected
+
+    first = stored(outs[0])
+    assert any("near-duplicate" in reason for _, reason in first[1]) and first[0]  # the filter fired
+    assert stored(outs[1]) == first
+    assert stored(run) == first

@@ -67,3 +67,21 @@ def test_run_stops_when_too_many_samples_fail(server, topics_index, tiny_tokeniz
         _run(ctx, make_jobs("selflong", 40, [2000], 0, 1), tmp_path, min_finished_for_stop=5)
     rejected = read_jsonl(tmp_path / "out" / "rejected.jsonl")
     assert 5 <= len(rejected) < 40
+
+
+def test_a_samples_content_never_depends_on_completion_order(server, topics_index, tiny_tokenizer, tmp_path):
+    """Instructions collide across seed chunks (3 distinct replies for 10 samples), so the near-duplicate
+    filter fires; runs with different concurrency finish in different orders yet store the same samples."""
+    server.control.instruction_pool = 3
+    jobs = make_jobs("selflong", 10, [2000], 0, 1)
+    results = []
+    for run, in_flight in enumerate((10, 3, 1)):
+        ctx = _ctx(server, topics_index, tiny_tokenizer, tmp_path / f"r{run}", cache_path=str(tmp_path / f"c{run}.db"),
+                   llm_max_in_flight=4 if in_flight > 1 else 1)
+        summary, samples, rejected = _run(ctx, jobs, tmp_path / f"r{run}", samples_in_flight=in_flight,
+                                          max_error_rate=1.0)
+        results.append(({json.dumps(s, sort_keys=True) for s in samples},
+                        {(r["index"], r["reason"]) for r in rejected}))
+    assert any("near-duplicate" in reason for _, reason in results[0][1])  # the filter fired
+    assert len(results[0][0]) >= 2
+    assert results[0] == results[1] == results[2]
