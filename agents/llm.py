@@ -45,11 +45,18 @@ class LLMStats:
 
     calls: int = 0  # requests answered by the endpoint
     cached: int = 0  # calls answered from the cache
-    failures: int = 0
+    failures: int = 0  # calls that gave no usable output (after the client's retries, or refused, cut, invalid)
+    attempts: int = 0  # calls sent to the endpoint (each may take several HTTP requests)
+    requests: int = 0  # HTTP requests sent, the client's retries included
     prompt_tokens: int = 0
     completion_tokens: int = 0
     in_flight: int = 0
     peak_in_flight: int = 0
+
+    @property
+    def retried(self) -> int:
+        """HTTP requests that were retries of an earlier one."""
+        return max(0, self.requests - self.attempts)
 
 
 class LLMClient:
@@ -89,13 +96,18 @@ class LLMClient:
         loop = asyncio.get_running_loop()
         state = self._per_loop.get(loop)
         if state is None:
-            from openai import AsyncOpenAI
+            from openai import AsyncOpenAI, DefaultAsyncHttpxClient
+
+            async def count_request(request) -> None:
+                if request.url.path.endswith("/chat/completions"):
+                    self.stats.requests += 1
 
             client = AsyncOpenAI(
                 base_url=self.base_url,
                 api_key=os.environ.get(self.api_key_env) or "EMPTY",
                 timeout=self.timeout,
                 max_retries=self.max_retries,
+                http_client=DefaultAsyncHttpxClient(event_hooks={"request": [count_request]}),
             )
             state = (client, asyncio.Semaphore(self.max_in_flight))
             self._per_loop[loop] = state
@@ -141,17 +153,21 @@ class LLMClient:
 
     async def text(self, messages: Messages, max_tokens: int | None = None) -> str:
         """A plain-text reply with reasoning blocks removed; refusals raise LLMFailure."""
-        content = strip_reasoning(await self._complete(messages, None, max_tokens))
+        raw, key = await self._complete(messages, None, max_tokens)
+        content = strip_reasoning(raw)
         if is_refusal(content):
             self.stats.failures += 1
             raise LLMFailure(f"refusal: {content[:120]!r}")
+        await self._remember(key, raw)
         return content
 
     async def json(self, messages: Messages, schema: type[T], max_tokens: int | None = None) -> T:
         """A reply validated against `schema`; one re-ask with the error if it does not parse."""
-        content = await self._structured(messages, schema, max_tokens)
+        content, key = await self._structured(messages, schema, max_tokens)
         try:
-            return parse_model(content, schema)
+            parsed = parse_model(content, schema)
+            await self._remember(key, content)
+            return parsed
         except ValueError as first:
             if is_refusal(content):
                 self.stats.failures += 1
@@ -160,14 +176,19 @@ class LLMClient:
                 {"role": "assistant", "content": content},
                 {"role": "user", "content": REASK_PROMPT.format(error=first)},
             ]
-            content = await self._structured(retry, schema, max_tokens)
+            second_content, second_key = await self._structured(retry, schema, max_tokens)
             try:
-                return parse_model(content, schema)
+                parsed = parse_model(second_content, schema)
+                # both replies are kept only now, so a resumed run replays this exchange exactly
+                await self._remember(key, content)
+                await self._remember(second_key, second_content)
+                return parsed
             except ValueError as second:
                 self.stats.failures += 1
                 raise LLMFailure(f"invalid structured output after one re-ask: {second}") from None
 
-    async def _structured(self, messages: Messages, schema: type[T], max_tokens: int | None) -> str:
+    async def _structured(self, messages: Messages, schema: type[T], max_tokens: int | None,
+                          ) -> tuple[str, str | None]:
         if self.structured_outputs:
             response_format = {
                 "type": "json_schema",
@@ -184,7 +205,15 @@ class LLMClient:
         behind the retrieval and tokenization work in the default executor."""
         return await asyncio.get_running_loop().run_in_executor(self._cache_thread, fn, *args)
 
-    async def _complete(self, messages: Messages, response_format: dict | None, max_tokens: int | None) -> str:
+    async def _remember(self, key: str | None, content: str) -> None:
+        """Cache a reply that passed every check (`key` None: it came from the cache)."""
+        if key is not None and self.cache is not None:
+            await self._cache_io(self.cache.put, key, {"content": content, "finish_reason": "stop"})
+
+    async def _complete(self, messages: Messages, response_format: dict | None, max_tokens: int | None,
+                        ) -> tuple[str, str | None]:
+        """(reply, its cache key when it is fresh). Nothing is cached here: the caller caches a reply once
+        it has passed its checks, so a refused, cut or invalid reply is never replayed."""
         import openai
 
         params: dict[str, Any] = {
@@ -200,11 +229,12 @@ class LLMClient:
         key = request_key(params)
         if self.cache is not None and (hit := await self._cache_io(self.cache.get, key)) is not None:
             self.stats.cached += 1
-            return hit["content"]
+            return hit["content"], None
         client, cap = self._loop_state()
         async with cap:
             self.stats.in_flight += 1
             self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.stats.in_flight)
+            self.stats.attempts += 1
             try:
                 response = await client.chat.completions.create(**params)
             except openai.BadRequestError as err:
@@ -241,6 +271,4 @@ class LLMClient:
         if not strip_reasoning(content):
             self.stats.failures += 1
             raise LLMFailure("empty content")
-        if self.cache is not None:
-            await self._cache_io(self.cache.put, key, {"content": content, "finish_reason": choice.finish_reason})
-        return content
+        return content, key

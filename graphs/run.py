@@ -36,8 +36,11 @@ class RunSummary:
     samples: int = 0
     rejected: int = 0
     already_done: int = 0
-    calls: int = 0
+    calls: int = 0  # answered by the endpoint
     cached_calls: int = 0
+    failed_calls: int = 0  # no usable reply after the client's retries (refused, cut, invalid, HTTP errors)
+    requests: int = 0  # HTTP requests sent, retries included
+    retried_requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     sample_tokens: int = 0
@@ -49,7 +52,8 @@ class RunSummary:
         per_hour = self.samples / self.seconds * 3600 if self.seconds else 0.0
         return (
             f"samples={self.samples} rejected={self.rejected} already_done={self.already_done} "
-            f"calls={self.calls} cached_calls={self.cached_calls} tokens_in={self.prompt_tokens} "
+            f"calls={self.calls} failed_calls={self.failed_calls} cached_calls={self.cached_calls} "
+            f"requests={self.requests} retried_requests={self.retried_requests} tokens_in={self.prompt_tokens} "
             f"tokens_out={self.completion_tokens} sample_tokens={self.sample_tokens} "
             f"peak_in_flight={self.peak_in_flight} seconds={self.seconds:.1f} samples_per_hour={per_hour:.0f}"
         )
@@ -151,7 +155,8 @@ async def run_jobs(graph, ctx: SynthContext, mode: str, jobs: Sequence[dict[str,
         samples.close()
         rejected.close()
         stats = res.llm.stats
-        summary.calls, summary.cached_calls = stats.calls, stats.cached
+        summary.calls, summary.cached_calls, summary.failed_calls = stats.calls, stats.cached, stats.failures
+        summary.requests, summary.retried_requests = stats.requests, stats.retried
         summary.prompt_tokens, summary.completion_tokens = stats.prompt_tokens, stats.completion_tokens
         summary.peak_in_flight = stats.peak_in_flight
         summary.seconds = time.perf_counter() - start

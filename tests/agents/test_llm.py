@@ -102,3 +102,57 @@ def test_preflight_names_the_problem(server, monkeypatch):
     url = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(InputError, match=f"LLM endpoint {url} is unreachable"):
         run(LLMClient(base_url=url, model="m", timeout=2), lambda c: c.preflight())
+
+
+def test_a_refused_cut_or_invalid_reply_is_never_cached(server, tmp_path):
+    """A failure is not replayed from the cache: once the endpoint behaves, the same call is sent again."""
+    import asyncio
+
+    from agents.llm import LLMClient, LLMFailure
+    from agents.schemas import Instruction
+
+    messages = [{"role": "user", "content": "Write one realistic request <passage>alpha beta gamma</passage>"}]
+
+    async def attempt(kind: str | None):
+        server.control.fault_rate, server.control.fault_kinds = (1.0, (kind,)) if kind else (0.0, ())
+        llm = LLMClient(server.url, "scripted", max_retries=0, cache_path=str(tmp_path / "cache.sqlite"))
+        try:
+            return await llm.json(messages, Instruction)
+        except LLMFailure as err:
+            return err
+        finally:
+            await llm.aclose()
+
+    for kind in ("refusal", "truncate", "malformed"):
+        before = server.control.chat_requests
+        assert isinstance(asyncio.run(attempt(kind)), LLMFailure), kind
+        sent = server.control.chat_requests - before
+        assert sent >= 1
+    before = server.control.chat_requests
+    assert asyncio.run(attempt(None)).instruction  # sent again, not a cached failure
+    assert server.control.chat_requests == before + 1
+    before = server.control.chat_requests
+    assert asyncio.run(attempt(None)).instruction  # now the good reply is cached
+    assert server.control.chat_requests == before
+
+
+def test_the_client_counts_its_retries(server):
+    import asyncio
+
+    from agents.llm import LLMClient
+
+    server.control.fault_rate, server.control.fault_kinds, server.control.fault_seed = 0.5, ("500",), 3
+
+    async def run():
+        llm = LLMClient(server.url, "scripted", max_retries=5)
+        try:
+            for i in range(6):
+                await llm.text([{"role": "user", "content": f"You are gathering material <text>{i} notes</text>"}])
+        finally:
+            await llm.aclose()
+        return llm.stats
+
+    before = server.control.chat_requests
+    stats = asyncio.run(run())
+    assert stats.requests == server.control.chat_requests - before
+    assert stats.attempts == 6 and stats.retried == stats.requests - 6 > 0
