@@ -38,7 +38,7 @@ def main(cfg: DictConfig) -> None:
         samples_path, rejected_path = output_paths(s.out_dir, s.shard, s.num_shards)
         summary = asyncio.run(run_jobs(
             GRAPHS[s.mode], ctx, s.mode, jobs, samples_path, rejected_path, s.samples_in_flight,
-            s.max_error_rate, s.min_finished_for_stop, s.progress,
+            s.max_error_rate, s.min_finished_for_stop, s.progress, s.retry_rejected,
         ))
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -8,19 +8,22 @@ remaining budget, and the rest are dropped.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from agents.tokens import ChatTokenCounter
 
 
 @dataclass(frozen=True)
 class SourceDocument:
-    """A retrieved document as the sample carries it."""
+    """A retrieved document as the sample carries it; `n_tokens` is its text's token count when already known
+    (counted once, where it was retrieved), so fitting does not encode it again."""
 
     id: str
     title: str
     text: str
+    n_tokens: int | None = None
 
 
 def user_turn(instruction: str, docs: Sequence[SourceDocument], header: str, position: str) -> str:
@@ -40,6 +43,18 @@ def messages_for(user: str, answer: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
 
 
+def _cut(counter: ChatTokenCounter, doc: SourceDocument, n_tokens: int, encoding: Any = None) -> SourceDocument | None:
+    """The document's first `n_tokens` tokens (from its `encoding` when given, else one encode), or None when
+    nothing but whitespace is left."""
+    n_tokens = max(0, n_tokens)
+    if encoding is not None and len(encoding) > n_tokens:
+        cut = encoding.token_to_chars(n_tokens)[0] if n_tokens else 0
+    else:
+        _, cut, _ = counter.measure(doc.text, limit=n_tokens)
+    text = doc.text[:cut]
+    return SourceDocument(doc.id, doc.title, text, min(n_tokens, doc.n_tokens or n_tokens)) if text.strip() else None
+
+
 def fit_documents(
     counter: ChatTokenCounter,
     instruction: str,
@@ -48,31 +63,45 @@ def fit_documents(
     target_tokens: int,
     header: str = "Document {index}: {title}",
     position: str = "after",
+    exact: bool = True,
+    encodings: Mapping[str, Any] | None = None,
 ) -> tuple[list[dict[str, str]], int, list[SourceDocument]]:
     """Messages of at most `target_tokens` tokens holding as much of `docs` (in order) as fits.
+
+    Each document costs its header, its `n_tokens` (counted here only when unknown) and a separator, plus the
+    tokenizer's join slack (`ChatTokenCounter.join_slack`: what joining costs beyond the parts, so the first exact
+    count nearly always fits); the first that does not fit is cut to the room left (from its encoding in
+    `encodings`, by document id, else one encode of it) and the rest are dropped. With
+    `exact`, the finished conversation is counted once (the count returned) and, where tokens did not add up
+    across joins, the last document is cut until it fits; without, the count returned is the estimate.
 
     Returns (messages, token count, documents kept — the last possibly cut).
     """
     overhead = counter.count_messages(messages_for(user_turn(instruction, [], header, position), answer))
+    separator = counter.count("\n\n") + counter.join_slack
     kept: list[SourceDocument] = []
     budget = target_tokens - overhead
     for doc in docs:
-        cost = counter.count(f"{header.format(index=len(kept) + 1, title=doc.title)}\n{doc.text}\n\n")
-        if cost <= budget:
+        if doc.n_tokens is None:
+            doc = SourceDocument(doc.id, doc.title, doc.text, counter.count(doc.text))
+        head = counter.count(f"{header.format(index=len(kept) + 1, title=doc.title)}\n") + separator
+        if head + doc.n_tokens <= budget:
             kept.append(doc)
-            budget -= cost
+            budget -= head + doc.n_tokens
             continue
-        room = budget - counter.count(header.format(index=len(kept) + 1, title=doc.title)) - 4
-        cut = counter.truncate(doc.text, room)
-        if cut.strip():
-            kept.append(SourceDocument(doc.id, doc.title, cut))
+        if (cut := _cut(counter, doc, budget - head, (encodings or {}).get(doc.id))) is not None:
+            kept.append(cut)
+            budget -= head + cut.n_tokens
         break
+    messages = messages_for(user_turn(instruction, kept, header, position), answer)
+    if not exact:
+        return messages, target_tokens - budget, kept
     for _ in range(8):  # tokens do not add up exactly across joins: correct until it fits
-        messages = messages_for(user_turn(instruction, kept, header, position), answer)
         n = counter.count_messages(messages)
         if n <= target_tokens or not kept:
             return messages, n, kept
-        last = kept[-1]
-        shorter = counter.truncate(last.text, max(0, counter.count(last.text) - (n - target_tokens) - 2))
-        kept[-1:] = [SourceDocument(last.id, last.title, shorter)] if shorter.strip() else []
-    return messages, n, kept
+        last = kept.pop()
+        if (cut := _cut(counter, last, last.n_tokens - (n - target_tokens) - 2)) is not None:
+            kept.append(cut)
+        messages = messages_for(user_turn(instruction, kept, header, position), answer)
+    return messages, counter.count_messages(messages), kept

@@ -3,7 +3,9 @@
 Documents already in the registry are skipped without being chunked; chunks already stored are
 not embedded again. Chunks are written batch by batch and a document is registered only once all
 its chunks are written, so killing the run at any moment loses at most one unfinished batch, and
-the next run picks up from there.
+the next run picks up from there. The store's sidecar (chunk positions, documents by length) is
+written right after Chroma in the same steps, and every chunk and document a rerun skips is entered
+again (a no-op when listed), so it is complete after any kill and rerun.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ class _Indexer:
                     seen.add(doc.id)
                     unique.append(doc)
             done = self.store.registered([d.id for d in unique])
+            self.store.relist(docs=[(d.id, done[d.id]) for d in unique if d.id in done])
             for doc in unique:
                 self.report.documents += 1
                 if doc.id in done:
@@ -129,6 +132,7 @@ class _Indexer:
         known = self.store.chunk_embeddings(sorted(stored)) if stored else {}
         self.report.store_seconds += time.perf_counter() - t0
         todo = [(s, c, cid) for s, c, cid in batch if cid not in stored]
+        self.store.relist(chunks=[(cid, _chunk_meta(s.doc, c)) for s, c, cid in batch if cid in stored])
         vectors = dict(known)
         if todo:
             t0 = time.perf_counter()

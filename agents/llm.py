@@ -14,7 +14,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +31,22 @@ from agents.prompts import REASK_PROMPT
 
 T = TypeVar("T", bound=BaseModel)
 Messages = list[dict[str, str]]
+
+log = logging.getLogger(__name__)
+
+_PROBE_TIMEOUT = 60.0  # seconds the preflight's 1-token chat request may take
+# what servers say to a request for a model they do not serve: vLLM, OpenAI ("The model `x` does not exist"),
+# Ollama ("model \"x\" not found"), LiteLLM ("Invalid model name"), transformers serve ("Server is pinned to ...")
+_MODEL_MISSING = re.compile(r"model\b.*\b(does not exist|not found|not served|not available)|no such model|"
+                            r"unknown model|invalid model|pinned to", re.IGNORECASE | re.DOTALL)
+
+
+def _error_text(err: Any) -> str:
+    """What a server said in an error answer (`openai.APIStatusError`): its message, else the body (FastAPI
+    servers such as `transformers serve` put it under `detail`), else the client's summary."""
+    body = err.body
+    said = (body.get("message") or body.get("detail") or body) if isinstance(body, dict) else body
+    return str(said or err.message)
 
 
 class LLMFailure(Exception):
@@ -124,7 +142,10 @@ class LLMClient:
     async def preflight(self) -> list[str]:
         """Check the endpoint before any work: reachable, key accepted, model served.
 
-        Returns the served model ids. Raises InputError naming the URL otherwise.
+        Returns the served model ids (empty when the endpoint gave no list). A `/models` that answers an
+        error status or lists nothing (`transformers serve` answers 500 there without a Hugging Face cache
+        folder) is not fatal by itself: one 1-token chat request then decides (see `_probe_chat`). Raises
+        InputError naming the URL and the setting to change otherwise.
         """
         import openai
 
@@ -132,24 +153,72 @@ class LLMClient:
         try:
             page = await client.with_options(max_retries=1, timeout=min(self.timeout, 30.0)).models.list()
         except openai.APIConnectionError as err:
-            raise InputError(
-                f"LLM endpoint {self.base_url} is unreachable ({err.__class__.__name__}): check "
-                "llm.base_url and that the server is running"
-            ) from None
+            raise self._unreachable(err) from None
         except (openai.AuthenticationError, openai.PermissionDeniedError):
-            raise InputError(
-                f"LLM endpoint {self.base_url} rejected the API key: set the environment variable "
-                f"{self.api_key_env}"
-            ) from None
+            raise self._key_rejected() from None
         except openai.APIStatusError as err:
-            raise InputError(f"LLM endpoint {self.base_url}/models answered HTTP {err.status_code}") from None
+            log.info("%s/models answered HTTP %d; trying one chat request instead", self.base_url, err.status_code)
+            await self._probe_chat(f"{self.base_url}/models answered HTTP {err.status_code}")
+            return []
         served = [m.id for m in page.data]
-        if served and self.model not in served:
+        if not served:
+            await self._probe_chat(f"{self.base_url}/models listed no model")
+            return []
+        if self.model not in served:
             raise InputError(
                 f"model {self.model!r} is not served by {self.base_url} (it serves: "
                 f"{', '.join(served[:10])}): set llm.model"
             )
         return served
+
+    async def _probe_chat(self, why: str) -> None:
+        """Send one chat request of one token for `self.model`; return if it is answered, raise InputError
+        saying what is wrong if not. It goes through a client of its own, so it is neither counted in `stats`
+        nor stored in the cache."""
+        import openai
+
+        timeout = min(self.timeout, _PROBE_TIMEOUT)
+        probe = openai.AsyncOpenAI(base_url=self.base_url, api_key=os.environ.get(self.api_key_env) or "EMPTY",
+                                   timeout=timeout, max_retries=1)
+        try:
+            await probe.chat.completions.create(model=self.model, messages=[{"role": "user", "content": "Hi"}],
+                                                max_tokens=1)
+        except openai.APITimeoutError:
+            raise InputError(
+                f"LLM endpoint {self.base_url}: {why}, and a 1-token chat request for model {self.model!r} got no "
+                f"answer within {timeout:.0f}s: check llm.base_url and the server's log"
+            ) from None
+        except openai.APIConnectionError as err:
+            raise self._unreachable(err) from None
+        except (openai.AuthenticationError, openai.PermissionDeniedError):
+            raise self._key_rejected() from None
+        except openai.APIStatusError as err:
+            message = _error_text(err)
+            if err.status_code in (400, 404) and (err.code == "model_not_found" or _MODEL_MISSING.search(message)):
+                raise InputError(
+                    f"model {self.model!r} is not served by {self.base_url} (a chat request for it answered HTTP "
+                    f"{err.status_code}: {message[:200]}): set llm.model"
+                ) from None
+            hint = " (an OpenAI-compatible server's URL ends in /v1)" if err.status_code in (404, 405) else ""
+            raise InputError(
+                f"LLM endpoint {self.base_url}: {why}, and a 1-token chat request for model {self.model!r} answered "
+                f"HTTP {err.status_code} ({message[:200]}): check llm.base_url{hint}, llm.model and the server's log"
+            ) from None
+        finally:
+            await probe.close()
+
+    def _unreachable(self, err: Exception) -> InputError:
+        """The error for an endpoint that cannot be connected to."""
+        return InputError(
+            f"LLM endpoint {self.base_url} is unreachable ({err.__class__.__name__}): check "
+            "llm.base_url and that the server is running"
+        )
+
+    def _key_rejected(self) -> InputError:
+        """The error for an endpoint that answered 401 or 403."""
+        return InputError(
+            f"LLM endpoint {self.base_url} rejected the API key: set the environment variable {self.api_key_env}"
+        )
 
     async def text(self, messages: Messages, max_tokens: int | None = None) -> str:
         """A plain-text reply with reasoning blocks removed; refusals raise LLMFailure."""

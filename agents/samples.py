@@ -52,8 +52,9 @@ class JsonlWriter:
         self.index_path = self.path.with_name(self.path.name + ".index")
         self.keep = ("id", *[k for k in keep if k != "id"])
         _repair(self.path)
-        self.records = self._load_index()
-        self.ids = {r["id"] for r in self.records}
+        latest = {r["id"]: r for r in self._load_index()}  # a superseding line (see `write`) wins
+        self.records = list(latest.values())
+        self.ids = set(latest)
         self._file = None
         self._index = None
 
@@ -87,9 +88,10 @@ class JsonlWriter:
             os.replace(tmp, self.index_path)
         return entries
 
-    def write(self, record: dict[str, Any]) -> None:
-        """Append one record (skipped when its id is already in the file), then its index line."""
-        if record["id"] in self.ids:
+    def write(self, record: dict[str, Any], supersede: bool = False) -> None:
+        """Append one record, then its index line. A record whose id is already in the file is skipped, or with
+        `supersede` appended as the id's newest record (which reopening keeps in `records`)."""
+        if record["id"] in self.ids and not supersede:
             return
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,6 +103,8 @@ class JsonlWriter:
         kept = self._kept(record, self._file.tell())
         self._index.write(json.dumps(kept, ensure_ascii=False) + "\n")
         self._index.flush()
+        if record["id"] in self.ids:
+            self.records = [r for r in self.records if r["id"] != record["id"]]
         self.records.append(kept)
         self.ids.add(record["id"])
 

@@ -21,7 +21,11 @@ _MINILM = json.dumps({"_target_": "agents.embedder.SentenceTransformerEmbedder",
 _EMBEDDER_TRANSPORT = {"base_url", "api_key_env", "batch_size", "max_concurrency", "timeout", "max_retries", "device",
                        "path"}
 # Settings that change how a run goes but never what a sample contains.
-_NOT_CONTENT = {"cache_path", "store_path"}
+_NOT_CONTENT = {"cache_path", "store"}
+_CHROMA = json.dumps({"_target_": "agents.store.ChromaStore", "path": "data/chroma"})
+# Store keys that decide what a sample contains (the collection read); all others (embedded or server,
+# path, host, port, auth, sidecar folder, batch size) are how the index is reached, left out of sample ids.
+_STORE_CONTENT = ("collection",)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,8 +48,9 @@ class SynthContext:
     llm_max_in_flight: int = 16
     # On-disk cache of finished LLM calls (resume at request granularity).
     cache_path: str = "data/synth/llm_cache.sqlite"
-    # The index built by index.py: store folder, corpus name and embedder (a Hydra node as JSON).
-    store_path: str = "data/chroma"
+    # The index built by index.py: the store (embedded folder or Chroma server; a Hydra node of conf/store as
+    # JSON), corpus name and embedder (a Hydra node as JSON).
+    store: str = _CHROMA
     corpus: str = "python_docs"
     embedder: str = _MINILM
     # Local folder of the target model's tokenizer (null: the bundled MiniLM one) and chat template.
@@ -65,6 +70,9 @@ class SynthContext:
     qfs_chunk_tokens: int = 4096
     qfs_budget_tokens: int = 16384
     qfs_max_depth: int = 4
+    # A QFS piece whose summary still fails after the client's retries is dropped (and recorded in the sample's
+    # provenance); the sample is rejected only when more than this share of a level's pieces failed.
+    max_dropped_share: float = 0.1
     answer_min_words: int = 10
     backtranslation_min_tokens: int = 2048
     backtranslation_max_tokens: int = 32768
@@ -79,6 +87,9 @@ class SynthContext:
         decided_by = {k: v for k, v in asdict(self).items() if not k.startswith("llm_") and k not in _NOT_CONTENT}
         embedder = json.loads(self.embedder)
         decided_by["embedder"] = {k: v for k, v in embedder.items() if k not in _EMBEDDER_TRANSPORT}
+        store = json.loads(self.store)
+        # only when set, so that ids made before the store became a node (the default collection) stay the same
+        decided_by.update({f"store_{k}": store[k] for k in _STORE_CONTENT if store.get(k) is not None})
         return sample_id(
             kind=kind, index=index, target_tokens=target_tokens, llm_model=self.llm_model,
             llm_temperature=self.llm_temperature, llm_max_tokens=self.llm_max_tokens, settings=decided_by,
@@ -90,7 +101,8 @@ class SynthContext:
         """Build from plain dicts of the Hydra groups (see conf/synthesize.yaml)."""
         names = {f.name for f in fields(cls)}
         values: dict[str, Any] = {f"llm_{k}": v for k, v in llm.items()}
-        values.update(embedder=json.dumps(embedder, sort_keys=True), store_path=str(store["path"]), corpus=corpus)
+        values.update(embedder=json.dumps(embedder, sort_keys=True), store=json.dumps(store, sort_keys=True),
+                      corpus=corpus)
         values.update({k: v for k, v in synth.items() if k in names})
         unknown = sorted(set(values) - names)
         if unknown:

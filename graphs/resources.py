@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from agents.instructions import InOrder, InstructionDeduper
 from agents.llm import LLMClient
 from agents.retriever import Retriever
-from agents.store import ChromaStore
 from agents.tokens import ChatTokenCounter
 from graphs.context import SynthContext
 
@@ -29,13 +28,14 @@ class Resources:
 
     @property
     def retriever(self) -> Retriever:
-        """The index of `ctx.store_path` (embedder model loaded on first use)."""
+        """The index of `ctx.store` (embedded or a Chroma server; embedder model loaded on first use)."""
         with self._lock:
             if self._retriever is None:
                 from hydra.utils import instantiate
 
                 embedder = instantiate(json.loads(self.ctx.embedder))
-                self._retriever = Retriever(embedder, ChromaStore(self.ctx.store_path), self.ctx.corpus)
+                store = instantiate(json.loads(self.ctx.store))
+                self._retriever = Retriever(embedder, store, self.ctx.corpus)
             return self._retriever
 
     @property
@@ -45,6 +45,14 @@ class Resources:
             if self._counter is None:
                 self._counter = ChatTokenCounter(self.ctx.tokenizer, self.ctx.chat_template)
             return self._counter
+
+
+    def warm(self, index: bool = True) -> None:
+        """Load the tokenizer and (with `index`) the embedder's model and the store now, blocking, so no sample
+        waits on them."""
+        self.counter.count("warm")
+        if index:
+            self.retriever.embedder.embed_queries(["warm"])
 
 
 _shared: dict[SynthContext, Resources] = {}

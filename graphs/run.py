@@ -9,6 +9,7 @@ started again ends with every sample exactly once.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,29 +83,45 @@ def output_paths(out_dir: str | Path, shard: int, num_shards: int) -> tuple[Path
     return out / f"samples{suffix}.jsonl", out / f"rejected{suffix}.jsonl"
 
 
+# What an endpoint failure's reason says (rejections written before rejections carried their `cause`).
+_ENDPOINT_REASON = re.compile(r"HTTP \d{3}|timeout after|connection to|refusal:|truncated:|empty content|"
+                              r"invalid structured output|response without choices|summaries failed")
+
+
+def endpoint_failure(rejection: dict[str, Any]) -> bool:
+    """Whether a rejected record's reason was the endpoint giving no usable reply (not a content check)."""
+    cause = rejection.get("cause")
+    return cause == "endpoint" if cause else bool(_ENDPOINT_REASON.search(str(rejection.get("reason", ""))))
+
+
 async def run_jobs(graph, ctx: SynthContext, mode: str, jobs: Sequence[dict[str, Any]], samples_path: Path,
                    rejected_path: Path, samples_in_flight: int = 32, max_error_rate: float = 0.5,
-                   min_finished_for_stop: int = 20, progress: bool = True) -> RunSummary:
+                   min_finished_for_stop: int = 20, progress: bool = True, retry_rejected: bool = False,
+                   ) -> RunSummary:
     """Run `graph` once per job and append results; returns the summary.
 
-    Raises InputError (from the preflight) before anything is written when the endpoint is
+    Samples already written are skipped, and so are rejected ones unless `retry_rejected` and the endpoint caused
+    the rejection. Raises InputError (from the preflight) before anything is written when the endpoint is
     unusable, and RunStopped when the rejection rate passes `max_error_rate`.
     """
     start = time.perf_counter()
     kind = KINDS[mode]
     res = resources(ctx)
     await res.llm.preflight()
+    # tokenizer, embedder and store ready before the first sample (ACER over given contexts needs no index)
+    await asyncio.to_thread(res.warm, kind != "acer" or any(not job.get("context") for job in jobs))
     # reopening reads the files' small index sidecars (ids, indices, instructions), never the samples
     samples = JsonlWriter(samples_path, keep=("instruction",))
-    rejected = JsonlWriter(rejected_path, keep=("instruction",))
+    rejected = JsonlWriter(rejected_path, keep=("instruction", "reason", "cause"))
     ids = {id(job): ctx.sample_id(kind, job["index"], job.get("target_tokens")) for job in jobs}
-    todo = sorted((job for job in jobs if ids[id(job)] not in samples.ids and ids[id(job)] not in rejected.ids),
-                  key=lambda job: job["index"])
+    again = {r["id"] for r in rejected.records if retry_rejected and endpoint_failure(r)} - samples.ids
+    todo = sorted((job for job in jobs if ids[id(job)] not in samples.ids
+                   and (ids[id(job)] not in rejected.ids or ids[id(job)] in again)), key=lambda job: job["index"])
     if kind == "long_input":  # near-duplicates are judged against lower indices, in index order
         res.order = InOrder([job["index"] for job in jobs])
         index_of = {ids[id(job)]: job["index"] for job in jobs}
         for record in samples.records + rejected.records:
-            if record["id"] in index_of:
+            if record["id"] in index_of and record["id"] not in again:
                 if record.get("instruction"):
                     res.deduper.add(record["instruction"], index_of[record["id"]])
                 res.order.settle(index_of[record["id"]])
@@ -135,7 +152,7 @@ async def run_jobs(graph, ctx: SynthContext, mode: str, jobs: Sequence[dict[str,
                 reason = out.get("rejection") or {"step": "graph", "reason": "no sample and no rejection"}
                 rejected.write({"id": ids[id(job)], "kind": kind, "index": job["index"],
                                 "target_tokens": job.get("target_tokens"), "instruction": out.get("instruction"),
-                                **reason})
+                                **reason}, supersede=True)  # a retried sample's newest reason is the one kept
                 summary.rejected += 1
             bar.update(1)
             bar.set_postfix(done=summary.samples, rejected=summary.rejected, in_flight=res.llm.stats.in_flight,

@@ -28,11 +28,12 @@ class SynthState(SampleInput, SampleOutput, total=False):
     sample_id: str
     seed_chunk_id: str
     instruction: str
-    documents: list[dict[str, Any]]  # {id, title, text} in sample order
+    documents: list[dict[str, Any]]  # {id, title, text, n_tokens, splits} in sample order (splits: QFS piece starts)
     pieces: list[str]  # what the current QFS level summarizes
     summaries: Annotated[list[dict[str, Any]], operator.add]  # {level, index, text | None, error}
     level: int  # QFS levels done
     notes: list[str]  # the final summaries the answer is written from
+    notes_tokens: int  # their tokens
     answer: str
     calls: Annotated[int, operator.add]  # LLM calls made for this sample
 

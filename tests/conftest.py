@@ -55,6 +55,16 @@ def minilm():
     return embedder
 
 
+@pytest.fixture
+def chroma_server(tmp_path_factory):
+    """A real Chroma server (`chroma run`) on a free 127.0.0.1 port with an empty temporary database, stopped
+    after the test: `.host`, `.port`, `.url`, `.path`, and `.overrides(sidecar)` for index.py/synthesize.py."""
+    from tests.chroma_server import RunningChroma
+
+    with RunningChroma(tmp_path_factory.mktemp("chroma-server") / "db") as running:
+        yield running
+
+
 @pytest.fixture(scope="session")
 def minilm_tokenizer():
     """Path of the bundled MiniLM tokenizer folder."""

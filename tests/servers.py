@@ -53,6 +53,9 @@ class ServerControl:
     fault_rate: float = 0.0  # share of chat requests that get a fault
     fault_kinds: tuple[str, ...] = ("500", "429", "timeout", "malformed", "empty", "refusal", "truncate")
     fault_seed: int = 0
+    # faults decided by the request's messages: the same request fails every time (through the client's retries,
+    # and on a resumed run) until the server is made healthy; `fault_rate` is then the share of distinct requests
+    sticky_faults: bool = False
     timeout_sleep: float = 1.5  # how long a "timeout" fault stalls
     reject_response_format: bool = False  # answer 400 to requests that carry response_format
     saw_response_format: int = 0
@@ -66,6 +69,9 @@ class ServerControl:
     completion_requests: int = 0  # /v1/completions requests received
     qa_answers: dict = field(default_factory=dict)  # question -> answer, for RULER's QA tasks
     instruction_pool: int = 0  # > 0: instructions come from this many fixed texts, picked by the passage (collide)
+    models_status: int | None = None  # when set, GET /v1/models answers this HTTP status with an error body
+    models_empty: bool = False  # GET /v1/models answers an empty list
+    served_models: tuple[str, ...] | None = None  # when set, chat for another model answers 404 as vLLM does
     _rng: random.Random | None = None
 
     def reset(self) -> None:
@@ -80,8 +86,16 @@ class ServerControl:
         self.bodies.clear()
         self.qa_answers.clear()
 
-    def draw_fault(self) -> str | None:
-        """The fault for the next chat request, if any (seeded, so runs are repeatable)."""
+    def draw_fault(self, request: str = "") -> str | None:
+        """The fault for the next chat request, if any (seeded, so runs are repeatable); with `sticky_faults`, a
+        function of the request's text alone."""
+        if self.sticky_faults:
+            h = zlib.crc32(f"{self.fault_seed}:{request}".encode())
+            if (h % 1_000_000) / 1_000_000 >= self.fault_rate:
+                return None
+            kind = self.fault_kinds[(h // 1_000_000) % len(self.fault_kinds)]
+            self.faults[kind] = self.faults.get(kind, 0) + 1
+            return kind
         if self._rng is None:
             self._rng = random.Random(self.fault_seed)
         if self.fault_rate and self._rng.random() < self.fault_rate:
@@ -144,10 +158,12 @@ def build_app(control: ServerControl) -> FastAPI:
 
     @app.get("/v1/models")
     async def models(request: Request):
+        if control.models_status is not None:  # before the key check, as a server whose /models is broken
+            return JSONResponse({"error": {"message": "injected /models failure"}}, status_code=control.models_status)
         if not authorised(request):
             return JSONResponse({"error": {"message": "invalid api key"}}, status_code=401)
         served = [{"id": name, "object": "model", "owned_by": "tests"} for name in ("hash-embed", "scripted")]
-        return {"object": "list", "data": served}
+        return {"object": "list", "data": [] if control.models_empty else served}
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request):
@@ -180,6 +196,9 @@ def build_app(control: ServerControl) -> FastAPI:
         control.chat_requests += 1
         if control.record_bodies:
             control.bodies.append(body)
+        if control.served_models is not None and body.get("model") not in control.served_models:
+            return JSONResponse({"error": {"message": f"The model `{body.get('model')}` does not exist.",
+                                           "type": "NotFoundError", "code": 404}}, status_code=404)
         control.in_flight += 1
         control.peak_in_flight = max(control.peak_in_flight, control.in_flight)
         try:
@@ -189,7 +208,7 @@ def build_app(control: ServerControl) -> FastAPI:
                     return JSONResponse({"error": {"message": "response_format is not supported"}}, status_code=400)
             if control.chat_latency:
                 await asyncio.sleep(control.chat_latency)
-            fault = control.draw_fault()
+            fault = control.draw_fault(json.dumps(body["messages"]))
             if fault == "500":
                 return JSONResponse({"error": {"message": "injected 500"}}, status_code=500)
             if fault == "429":

@@ -11,7 +11,7 @@ from tests.conftest import ROOT
 CONF = ROOT / "conf"
 OPTIONS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml")) for group in ("corpus", "embedder", "chunker", "store")}
 RUN_KEYS = {"mode", "num_samples", "target_lengths", "shard", "num_shards", "out_dir", "samples_in_flight",
-            "max_error_rate", "min_finished_for_stop", "progress", "acer_input"}
+            "max_error_rate", "min_finished_for_stop", "progress", "acer_input", "retry_rejected"}
 REQUIRED = {"files": ["corpus.path=/tmp/some/docs"]}
 
 
@@ -50,7 +50,7 @@ def test_synthesize_config_builds_the_graph_context(llm, synth):
     cfg = _compose("synthesize", [f"llm={llm}", f"synth={synth}"])
     plain = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("llm", "embedder", "store", "synth")}
     ctx = SynthContext.from_config(corpus=instantiate(cfg.corpus).name, **plain)
-    assert ctx.llm_model == cfg.llm.model and ctx.store_path == cfg.store.path
+    assert ctx.llm_model == cfg.llm.model and __import__("json").loads(ctx.store)["path"] == cfg.store.path
     assert instantiate(OmegaConf.create(__import__("json").loads(ctx.embedder))).name == cfg.embedder.name
 
 
@@ -63,7 +63,7 @@ def test_synth_config_and_context_fields_stay_in_sync():
     context_fields = {f.name for f in fields(SynthContext)}
     graph_keys = set(cfg.synth) - RUN_KEYS
     assert graph_keys <= context_fields, graph_keys - context_fields
-    from_other_groups = {f"llm_{k}" for k in cfg.llm} | {"embedder", "store_path", "corpus"}
+    from_other_groups = {f"llm_{k}" for k in cfg.llm} | {"embedder", "store", "corpus"}
     assert context_fields == graph_keys | from_other_groups
 
 

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 from tests.conftest import ROOT
+from tests.servers import free_port
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -49,3 +50,41 @@ def test_unknown_config_key_is_hydras_error(tmp_path):
     result = _run("no_such_key=1", f"store.path={tmp_path / 'db'}")
     assert result.returncode != 0 and "Could not override 'no_such_key'" in result.stderr
     assert not (tmp_path / "db").exists()
+
+
+def test_index_and_query_through_a_chroma_server_as_through_the_embedded_store(tmp_path, server, minilm_tokenizer,
+                                                                                chroma_server):
+    docs = tmp_path / "notes"
+    docs.mkdir()
+    for i, topic in enumerate(["tides and the moon", "honey bees and flowers", "basalt from cooling lava",
+                               "yeast in bread dough", "knights on a chess board"]):
+        (docs / f"note{i}.md").write_text(f"A note about {topic}. " * 40)
+    common = [
+        "corpus=files", f"corpus.path={docs}", "embedder=openai", f"embedder.base_url={server.url}",
+        "embedder.model=hash-embed", f"embedder.tokenizer={minilm_tokenizer}", "embedder.query_prefix=",
+        "chunker.chunk_tokens=32", "chunker.overlap_tokens=4", "progress=false",
+    ]
+    embedded = [f"store.path={tmp_path / 'db'}"]
+    remote = chroma_server.overrides(tmp_path / "shared" / "sidecar")
+    for store in (embedded, remote):
+        built = _run(*common, *store)
+        assert built.returncode == 0, built.stderr
+        assert "documents=5 chunks=" in built.stdout and "skipped=0" in built.stdout
+    assert (tmp_path / "shared" / "sidecar" / "notes__hash-embed.sqlite").is_file()
+    query = "query=what do honey bees look for"
+    answers = [_run(*common, *store, query, "top_k=3") for store in (embedded, remote)]
+    assert all(a.returncode == 0 for a in answers), [a.stderr for a in answers]
+    assert "note1.md" in answers[0].stdout.splitlines()[1]
+    assert answers[1].stdout == answers[0].stdout
+
+
+def test_an_unreachable_chroma_server_exits_2_and_writes_nothing(tmp_path, server, minilm_tokenizer):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.md").write_text("Tides rise and fall twice a day.")
+    port = free_port()
+    result = _run("corpus=files", f"corpus.path={tmp_path / 'notes'}", "embedder=openai", f"embedder.base_url={server.url}",
+                  "embedder.model=hash-embed", f"embedder.tokenizer={minilm_tokenizer}", "store=chroma_server",
+                  f"store.port={port}", f"store.sidecar={tmp_path / 'sidecar'}", "progress=false")
+    assert result.returncode == 2, result.stderr
+    assert f"the Chroma server at http://127.0.0.1:{port} is unreachable" in result.stderr and "chroma run" in result.stderr
+    assert not (tmp_path / "sidecar").exists()

@@ -122,3 +122,32 @@ def test_a_run_killed_20_times_stores_the_samples_of_an_uninterrupted_one(server
     assert any("near-duplicate" in reason for _, reason in first[1]) and first[0]  # the filter fired
     assert stored(outs[1]) == first
     assert stored(run) == first
+
+
+def test_a_chroma_server_gives_the_samples_of_the_embedded_store(server, topics_index, tiny_tokenizer, tmp_path,
+                                                                   chroma_server):
+    """`store=chroma_server`: the same corpus indexed into a real `chroma run` on 127.0.0.1 and synthesized from
+    there gives byte-identical samples (same ids, documents, instructions, answers) as the embedded store."""
+    from agents.chunker import TokenChunker
+    from agents.corpus import PythonDocsCorpus
+    from agents.embedder import OpenAIEmbedder
+    from agents.indexer import index_corpus
+    from agents.store import ChromaStore
+
+    _, spec = topics_index
+    sidecar = tmp_path / "sidecar"
+    embedder = OpenAIEmbedder(**{k: v for k, v in spec.items() if k != "_target_"})
+    remote = ChromaStore(host=chroma_server.host, port=chroma_server.port, sidecar=str(sidecar))
+    index_corpus(PythonDocsCorpus(docstrings=False), TokenChunker(spec["tokenizer"]), embedder, remote, progress=False)
+
+    outs = {"embedded": tmp_path / "embedded", "server": tmp_path / "server"}
+    for name, out in outs.items():
+        args = _args(server, topics_index, tiny_tokenizer, out, "synth.num_samples=4")
+        if name == "server":
+            args = [a for a in args if not a.startswith("store.path=")] + chroma_server.overrides(sidecar)
+        done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "samples=4 rejected=0" in done.stdout
+    embedded, served = (sorted(json.dumps(s, sort_keys=True) for s in read_jsonl(out / "samples.jsonl"))
+                        for out in outs.values())
+    assert served == embedded

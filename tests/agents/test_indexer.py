@@ -1,5 +1,6 @@
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -48,6 +49,16 @@ def _snapshot(store):
     return sorted(zip(got["ids"], got["documents"])), sorted(store.docs.get(include=[])["ids"])
 
 
+def _sidecar(store):
+    """The sidecar's chunks (in position order) and documents (by bucket and rank), after checking that it
+    lists exactly what Chroma holds, in Chroma's order."""
+    chunks, docs = store.sidecar.chunks(), store.sidecar.docs()
+    assert [c for c, _, _ in chunks] == store.chunks.get(include=[])["ids"]
+    registry = store.docs.get(include=["metadatas"])
+    assert sorted((d, n) for d, n, _, _ in docs) == sorted(zip(registry["ids"], (m["n_tokens"] for m in registry["metadatas"])))
+    return chunks, docs
+
+
 def test_known_document_comes_first_and_whole(tmp_path, minilm, minilm_tokenizer):
     corpus = PythonDocsCorpus(docstrings=False, limit=12)
     chunker = TokenChunker(minilm_tokenizer, chunk_tokens=200, overlap_tokens=20)
@@ -91,6 +102,32 @@ def test_interrupted_run_resumes_and_loses_nothing(tmp_path, server, hash_embedd
     resumed, store = _index(folder, tmp_path / "db", hash_embedder, minilm_tokenizer, batch_chunks=4)
     assert resumed.skipped == stored and resumed.new == reference.chunks - stored
     assert _snapshot(store) == _snapshot(ref_store)
+    assert _sidecar(store) == _sidecar(ref_store)
+
+
+@pytest.mark.parametrize("killed_after", ["chunk_upsert", "register"])
+def test_a_kill_between_chroma_and_the_sidecar_is_filled_in_by_the_rerun(
+    killed_after, tmp_path, hash_embedder, minilm_tokenizer
+):
+    folder = _write_corpus(tmp_path / "docs", repeat=8)
+    _, store = _index(folder, tmp_path / "db", hash_embedder, minilm_tokenizer, batch_chunks=4)
+    complete = _sidecar(store)
+    last_doc = complete[0][-1][1]  # the document registered last: the one of the last chunk
+    assert sum(d == last_doc for _, d, _ in complete[0]) >= 3
+    # what a kill right after a Chroma write leaves: Chroma holds what the sidecar lacks
+    if killed_after == "chunk_upsert":  # its last chunks written, the document not yet registered
+        store.docs.delete(ids=[last_doc])
+    store.sidecar.close()
+    with sqlite3.connect(store.sidecar.path) as db:
+        if killed_after == "chunk_upsert":
+            db.execute("DELETE FROM chunks WHERE position > (SELECT max(position) - 2 FROM chunks)")
+        bucket, rank = db.execute("SELECT bucket, rank FROM docs WHERE id = ?", (last_doc,)).fetchone()
+        db.execute("DELETE FROM docs WHERE id = ?", (last_doc,))
+        db.execute("UPDATE buckets SET n = n - 1 WHERE bucket = ?", (bucket,))
+        assert rank == db.execute("SELECT n FROM buckets WHERE bucket = ?", (bucket,)).fetchone()[0]
+    again, store = _index(folder, tmp_path / "db", hash_embedder, minilm_tokenizer, batch_chunks=4)
+    assert again.new == 0
+    assert _sidecar(store) == complete
 
 
 def _chunking(tokenizer):
@@ -122,12 +159,14 @@ def test_sigkilled_index_py_resumes_to_the_same_index(tmp_path, server, minilm_t
     assert done.returncode == 0, done.stderr
     assert "skipped=0" not in done.stdout and "new=0 " not in done.stdout
     chunking = _chunking(minilm_tokenizer)
-    stores = []
+    stores, sidecars = [], []
     for name in ("ref", "db"):
         s = ChromaStore(str(tmp_path / name))
         s.open("docs", "hash-embed", 64, chunking)
         stores.append(_snapshot(s))
+        sidecars.append(_sidecar(s))
     assert stores[0] == stores[1]
+    assert sidecars[0] == sidecars[1]
 
 
 def test_empty_corpus_writes_nothing(tmp_path, hash_embedder, minilm_tokenizer):

@@ -15,7 +15,7 @@ def _ctx(server, topics_index, tiny_tokenizer, tmp_path, **kw):
     store, spec = topics_index
     settings = dict(
         llm_base_url=server.url, llm_model="scripted", llm_timeout=0.5, llm_max_retries=3, llm_max_in_flight=4,
-        cache_path=str(tmp_path / "cache.sqlite"), store_path=store, corpus="python_docs",
+        cache_path=str(tmp_path / "cache.sqlite"), store=json.dumps({"_target_": "agents.store.ChromaStore", "path": store}), corpus="python_docs",
         embedder=json.dumps(spec, sort_keys=True), tokenizer=tiny_tokenizer, qfs_chunk_tokens=1024,
         qfs_budget_tokens=2048,
     )
@@ -85,3 +85,59 @@ def test_a_samples_content_never_depends_on_completion_order(server, topics_inde
     assert any("near-duplicate" in reason for _, reason in results[0][1])  # the filter fired
     assert len(results[0][0]) >= 2
     assert results[0] == results[1] == results[2]
+
+
+def test_2_percent_failed_calls_drop_pieces_not_samples_and_are_never_replayed(server, topics_index, tiny_tokenizer,
+                                                                               tmp_path):
+    """Samples of >= 100 calls against an endpoint whose every 50th distinct request fails for good (refusal, cut,
+    invalid JSON, HTTP 500 through the client's retries): >= 95% of samples are made, each counting what it dropped;
+    once the endpoint is healthy, a rerun on the same cache asks every failed request again."""
+    control = server.control
+    control.sticky_faults, control.fault_rate = True, 0.02
+    control.fault_kinds = ("refusal", "malformed", "truncate", "500")
+    ctx = _ctx(server, topics_index, tiny_tokenizer, tmp_path, llm_max_retries=1, llm_timeout=5.0, llm_max_in_flight=8,
+               qfs_chunk_tokens=128, qfs_budget_tokens=2048)
+    jobs = make_jobs("selflong", 30, [4500], 0, 1)
+    summary, samples, rejected = _run(ctx, jobs, tmp_path, max_error_rate=1.0, samples_in_flight=30)
+    assert set(control.faults) == set(control.fault_kinds)
+    assert summary.failed_calls >= 0.01 * summary.calls  # the faults reached the graph
+    assert len(samples) >= 0.95 * len(jobs), rejected
+    assert min(s["provenance"]["calls"] for s in samples) >= 100
+    for s in samples:
+        prov = s["provenance"]
+        assert prov["pieces_dropped"] == len(prov["dropped"])
+        for level, pieces in enumerate(prov["qfs_pieces"]):  # each level kept at least 90% of its pieces
+            assert sum(d["level"] == level for d in prov["dropped"]) <= 0.1 * pieces
+        assert all(d["reason"] for d in prov["dropped"])
+    dropped = sum(s["provenance"]["pieces_dropped"] for s in samples)
+    assert dropped > 0
+    for r in rejected:
+        assert r["cause"] in {"endpoint", "content"}
+
+    control.reset()  # healthy: a failure kept in the cache would come back as the same dropped piece
+    again, samples2, _ = _run(ctx, jobs, tmp_path / "again", max_error_rate=1.0, samples_in_flight=30)
+    assert control.chat_requests >= dropped and again.cached_calls > 0
+    assert len(samples2) >= len(samples)
+    assert all(s["provenance"]["pieces_dropped"] == 0 for s in samples2)
+
+
+def test_retry_rejected_turns_endpoint_failures_into_samples_once_the_endpoint_is_healthy(server, topics_index,
+                                                                                         tiny_tokenizer, tmp_path):
+    control = server.control
+    control.sticky_faults, control.fault_rate, control.fault_kinds = True, 1.0, ("500",)
+    ctx = _ctx(server, topics_index, tiny_tokenizer, tmp_path, llm_max_retries=1, llm_timeout=5.0)
+    jobs = make_jobs("selflong", 6, [2000, 2000, 10_000_000], 0, 1)  # every third one larger than the index
+    first, samples, rejected = _run(ctx, jobs, tmp_path, max_error_rate=1.0)
+    assert first.rejected == 6 and not samples
+    assert {r["cause"] for r in rejected} == {"endpoint"} and all("HTTP 500" in r["reason"] for r in rejected)
+
+    control.reset()
+    skipped, samples, _ = _run(ctx, jobs, tmp_path, max_error_rate=1.0)  # the default: rejections are final
+    assert skipped.already_done == 6 and not samples and control.chat_requests == 0
+    retried, samples, rejected = _run(ctx, jobs, tmp_path, max_error_rate=1.0, retry_rejected=True)
+    assert retried.samples == 4 and len(samples) == 4 and retried.rejected == 2
+    assert control.chat_requests > 0
+    requests = control.chat_requests
+    # the two too-long ones now failed a content check: never retried
+    last, _, _ = _run(ctx, jobs, tmp_path, max_error_rate=1.0, retry_rejected=True)
+    assert last.already_done == 6 and control.chat_requests == requests

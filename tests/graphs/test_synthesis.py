@@ -15,7 +15,7 @@ def _ctx(server, topics_index, tiny_tokenizer, tmp_path, **kw) -> SynthContext:
     store, spec = topics_index
     settings = dict(
         llm_base_url=server.url, llm_model="scripted", llm_timeout=5.0, llm_max_retries=2,
-        cache_path=str(tmp_path / "cache.sqlite"), store_path=store, corpus="python_docs",
+        cache_path=str(tmp_path / "cache.sqlite"), store=json.dumps({"_target_": "agents.store.ChromaStore", "path": store}), corpus="python_docs",
         embedder=json.dumps(spec, sort_keys=True), tokenizer=tiny_tokenizer,
         qfs_chunk_tokens=1024, qfs_budget_tokens=2048,
     )
@@ -109,3 +109,16 @@ def test_acer_retrieves_when_no_context_is_given(server, topics_index, tiny_toke
     sample = out["sample"]
     assert sample["doc_ids"] and sample["messages"][0]["content"].startswith("Document 1: ")
     assert sample["n_tokens"] <= 3000 + 200
+
+
+def test_a_long_input_sample_tokenizes_its_documents_about_once(server, topics_index, tiny_tokenizer, tmp_path):
+    """Each document is encoded once where it is retrieved (count, cut and QFS pieces from that one encode; only as
+    much of a long one as its cut needs), the finished conversation once: what the tokenizer produced stays under 3x
+    the sample's length (about 2.6x here, where the last document gathered is 10% of the sample; it was ~18x)."""
+    ctx = _ctx(server, topics_index, tiny_tokenizer, tmp_path, qfs_chunk_tokens=512, qfs_budget_tokens=1024,
+               max_document_share=0.1)
+    out = _invoke(synthesis.graph, ctx, {"index": 5, "target_tokens": 30000})
+    assert out["rejection"] is None, out["rejection"]
+    encoded = resources(ctx).counter.tokens_encoded
+    assert encoded <= 3 * out["sample"]["n_tokens"], encoded / out["sample"]["n_tokens"]
+    assert len(set(out["sample"]["doc_ids"])) == len(out["sample"]["doc_ids"])
