@@ -205,6 +205,11 @@ class IndexSidecar:
         with self._lock:
             return int(self.db.execute("SELECT coalesce(sum(n), 0) FROM buckets").fetchone()[0])
 
+    def mean_doc_tokens(self) -> float:
+        """Mean token count of the listed documents (0.0 for none): one aggregate in SQLite."""
+        with self._lock:
+            return float(self.db.execute("SELECT coalesce(avg(n_tokens), 0.0) FROM docs").fetchone()[0])
+
     def pick_documents(self, lo_tokens: int, hi_tokens: int | None, rng: random.Random, n: int) -> list[str]:
         """Up to `n` distinct document ids drawn uniformly at random (by `rng`) among those whose
         registry token count is in `lo_tokens..hi_tokens` (None: no upper bound), in draw order.
@@ -260,7 +265,8 @@ class IndexSidecar:
     def docs(self) -> list[tuple[str, int, int, int]]:
         """Every listed document `(id, n_tokens, bucket, rank)` in bucket and rank order."""
         with self._lock:
-            return [tuple(r) for r in self.db.execute("SELECT id, n_tokens, bucket, rank FROM docs ORDER BY bucket, rank")]
+            rows = self.db.execute("SELECT id, n_tokens, bucket, rank FROM docs ORDER BY bucket, rank")
+            return [tuple(r) for r in rows]
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -240,7 +240,7 @@ class ChromaStore:
 
     def _chunk_pages(self) -> Iterator[list[tuple[str, str, int]]]:
         for got in self._pages(self.chunks, ["metadatas"]):
-            yield [(c, str(m.get("doc_id", "")), int(m.get("n_tokens", 0))) for c, m in zip(got["ids"], got["metadatas"])]
+            yield _sidecar_chunks(got["ids"], got["metadatas"])
 
     def _doc_pages(self) -> Iterator[list[tuple[str, int]]]:
         for got in self._pages(self.docs, ["metadatas"]):
@@ -334,7 +334,8 @@ class ChromaStore:
         by_id = [c for d in pieces for c in listed.get(d, ())]
         unlisted = [d for d in pieces if d not in listed]
         calls = [{"ids": by_id[i : i + self.max_batch]} for i in self._batches(len(by_id))]
-        calls += [{"where": {"doc_id": {"$in": unlisted[i : i + self.max_batch]}}} for i in self._batches(len(unlisted))]
+        calls += [{"where": {"doc_id": {"$in": unlisted[i : i + self.max_batch]}}}
+                  for i in self._batches(len(unlisted))]
         for call in calls:
             got = self.chunks.get(**call, include=["documents", "metadatas"])
             for text, m in zip(got["documents"], got["metadatas"]):
@@ -376,17 +377,11 @@ class ChromaStore:
         return self._ranked_total[1]
 
     def mean_document_tokens(self) -> float:
-        """Mean registry `n_tokens` (embedder tokens) of the complete documents, 0.0 for none. Read once
-        (one pass over the registry, `max_batch` records a call) and remembered like the count in `rank`;
+        """Mean registry `n_tokens` (embedder tokens) of the complete documents, 0.0 for none: one aggregate over
+        the sidecar's document table (never a pass over Chroma's registry), remembered like the count in `rank`;
         this store's own `register` forgets it."""
         if self._mean_tokens is None or self._mean_tokens[0] is not self.docs:
-            n = total = 0
-            while got := self.docs.get(limit=self.max_batch, offset=n, include=["metadatas"])["metadatas"]:
-                n += len(got)
-                total += sum(int((m or {}).get("n_tokens", 0)) for m in got)
-                if len(got) < self.max_batch:
-                    break
-            self._mean_tokens = (self.docs, total / n if n else 0.0)
+            self._mean_tokens = (self.docs, self.sidecar.mean_doc_tokens())
         return self._mean_tokens[1]
 
     def rank(self, query_embedding: np.ndarray, k: int) -> list[tuple[str, float, int, dict]]:

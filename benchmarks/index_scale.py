@@ -171,7 +171,8 @@ def main() -> None:
           "| gather 16k | sidecar MiB |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for chunks, n_docs, _, side, m in rows:
-        print(f"| {chunks:,} | {n_docs:,} | {m['seed_old']:.2f} | {m['seed_new']:.2f} | {m['seed_old'] / m['seed_new']:.0f}× "
+        print(f"| {chunks:,} | {n_docs:,} | {m['seed_old']:.2f} | {m['seed_new']:.2f} "
+              f"| {m['seed_old'] / m['seed_new']:.0f}× "
               f"| {m['pick_old']:.1f} | {m['pick_new']:.2f} | {m['pick_old'] / m['pick_new']:.0f}× "
               f"| {m['gather']:.1f} | {side / 2**20:.1f} |")
 

@@ -55,7 +55,8 @@ def _sidecar(store):
     chunks, docs = store.sidecar.chunks(), store.sidecar.docs()
     assert [c for c, _, _ in chunks] == store.chunks.get(include=[])["ids"]
     registry = store.docs.get(include=["metadatas"])
-    assert sorted((d, n) for d, n, _, _ in docs) == sorted(zip(registry["ids"], (m["n_tokens"] for m in registry["metadatas"])))
+    tokens = (m["n_tokens"] for m in registry["metadatas"])
+    assert sorted((d, n) for d, n, _, _ in docs) == sorted(zip(registry["ids"], tokens))
     return chunks, docs
 
 
