@@ -93,11 +93,14 @@ def main() -> None:
         sample = json.loads(line)
         prov = sample["provenance"]
         print(f"sample {sample['id']}: {sample['n_tokens']} tokens (target {sample['target_tokens']}), "
-              f"{len(sample['doc_ids'])} documents ({len(set(sample['doc_ids']))} distinct), {prov['calls']} LLM calls, QFS pieces per level "
+              f"{len(sample['doc_ids'])} documents ({len(set(sample['doc_ids']))} distinct), "
+              f"{prov['calls']} LLM calls, "
+              f"QFS pieces per level "
               f"{prov['qfs_pieces']}, dropped {prov['pieces_dropped']}")
     per = max(1, summary.samples)
     print(f"per sample: wall {wall / per:.1f}s, client CPU {cpu / per:.1f}s (all threads), LLM calls "
-          f"{summary.calls / per:.0f}; tokens tokenized per sample token {encoded / max(1, summary.sample_tokens):.2f}; "
+          f"{summary.calls / per:.0f}; tokens tokenized per sample token "
+          f"{encoded / max(1, summary.sample_tokens):.2f}; "
           f"{args.latency * 1000:.0f} ms per chat request, {args.cap} in flight")
 
 

@@ -102,7 +102,9 @@ def main() -> None:
                      ChromaStore(str(tmp / "chroma")), progress=False)
         ctx = SynthContext(
             llm_base_url=url, llm_model="scripted", llm_max_in_flight=args.cap, llm_max_retries=0,
-            cache_path=str(tmp / "graph-cache.sqlite"), store=json.dumps({"_target_": "agents.store.ChromaStore", "path": str(tmp / "chroma")}), corpus="python_docs",
+            cache_path=str(tmp / "graph-cache.sqlite"),
+            store=json.dumps({"_target_": "agents.store.ChromaStore", "path": str(tmp / "chroma")}),
+            corpus="python_docs",
             embedder=json.dumps(spec), qfs_chunk_tokens=512, qfs_budget_tokens=1024,
         )
         reset(url)
@@ -143,7 +145,8 @@ def main() -> None:
         print(f"{name:<8}{secs:>9.2f}{calls / secs:>10.1f}{bare_s / secs:>9.3f}{stats['peak_in_flight']:>6}"
               f"{mean:>7.1f}{over:>19.2f}")
     print("peak/mean = requests in flight seen by the server; 'vs bare' = throughput relative to the bare loop")
-    print(f"graph: start-up (tokenizer, embedder, index) {warm_s:.2f}s, before the clock; client CPU {graph_cpu / max(1, summary.samples) * 1000:.1f} ms per sample (all threads); "
+    print(f"graph: start-up (tokenizer, embedder, index) {warm_s:.2f}s, before the clock; client CPU "
+          f"{graph_cpu / max(1, summary.samples) * 1000:.1f} ms per sample (all threads); "
           f"tokens tokenized per sample token {encoded / max(1, summary.sample_tokens):.2f} "
           f"({encoded} for {summary.sample_tokens})")
 

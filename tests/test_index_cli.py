@@ -84,7 +84,8 @@ def test_an_unreachable_chroma_server_exits_2_and_writes_nothing(tmp_path, serve
     port = free_port()
     result = _run("corpus=files", f"corpus.path={tmp_path / 'notes'}", "embedder=openai",
                   f"embedder.base_url={server.url}", "embedder.model=hash-embed",
-                  f"embedder.tokenizer={minilm_tokenizer}", "store=chroma_server", f"store.port={port}", f"store.sidecar={tmp_path / 'sidecar'}", "progress=false")
+                  f"embedder.tokenizer={minilm_tokenizer}", "store=chroma_server", f"store.port={port}",
+                  f"store.sidecar={tmp_path / 'sidecar'}", "progress=false")
     assert result.returncode == 2, result.stderr
     assert f"the Chroma server at http://127.0.0.1:{port} is unreachable" in result.stderr
     assert "chroma run" in result.stderr

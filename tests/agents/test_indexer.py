@@ -148,7 +148,8 @@ def test_sigkilled_index_py_resumes_to_the_same_index(tmp_path, server, minilm_t
     server.control.latency = 0.05
     for kill_at in (4, 9):
         server.control.requests = 0
-        proc = subprocess.Popen(args + [f"store.path={tmp_path / 'db'}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(args + [f"store.path={tmp_path / 'db'}"], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
         deadline = time.time() + 120
         while server.control.requests < kill_at and proc.poll() is None and time.time() < deadline:
             time.sleep(0.01)
@@ -175,7 +176,8 @@ def test_empty_corpus_writes_nothing(tmp_path, hash_embedder, minilm_tokenizer):
     folder.mkdir()
     (folder / "blank.txt").write_text("\n \n")
     (folder / "blob.txt").write_bytes(b"\x00" * 64)
-    with pytest.raises(InputError, match=r"no documents found in corpus path .*docs \(2 inputs skipped: .*blank.txt \(empty document\).*blob.txt \(binary"):
+    with pytest.raises(InputError, match=r"no documents found in corpus path .*docs \(2 inputs skipped: "
+                                         r".*blank.txt \(empty document\).*blob.txt \(binary"):
         _index(folder, tmp_path / "db", hash_embedder, minilm_tokenizer)
     assert not (tmp_path / "db").exists()
 

@@ -5,7 +5,8 @@ embedding) plus noise twice its length, so hundreds of documents sit at nearly t
 each query; the HNSW graph is deliberately sparse (4 neighbours, construction ef 8). A longer ranking
 then reorders the documents a shorter one held: gather's old doubling, which took each longer
 ranking's tail as new documents, put 1–6 repeats in 34 of 36 samples (3 builds of this index, 4
-queries, budgets of 60, 250 and 1000 documents), and fails every gather test here. Queries are embedded through the real OpenAI client by the scripted test server.
+queries, budgets of 60, 250 and 1000 documents), and fails every gather test here. Queries are embedded through
+the real OpenAI client by the scripted test server.
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ OPENAI_EMBEDDER = {"_target_": "agents.embedder.OpenAIEmbedder", "model": "intfl
 
 STORE = {"_target_": "agents.store.ChromaStore", "path": "data/chroma", "collection": None, "max_batch": None,
          "sidecar": None}
-SERVER = {"_target_": "agents.store.ChromaStore", "host": "10.0.0.5", "port": 8001, "ssl": True, "headers": {"X-A": "b"},
-          "auth_token_env": "CHROMA_TOKEN", "sidecar": "/shared/sidecar", "collection": None, "max_batch": None}
+SERVER = {"_target_": "agents.store.ChromaStore", "host": "10.0.0.5", "port": 8001, "ssl": True,
+          "headers": {"X-A": "b"}, "auth_token_env": "CHROMA_TOKEN", "sidecar": "/shared/sidecar", "collection": None,
+          "max_batch": None}
 
 
 def _id(ctx: SynthContext) -> str:
@@ -23,7 +24,8 @@ def test_timeouts_urls_paths_and_concurrency_leave_sample_ids_alone():
     base = SynthContext(embedder=json.dumps(OPENAI_EMBEDDER, sort_keys=True))
     same = [
         replace(base, llm_timeout=61.0), replace(base, llm_base_url="http://10.0.0.7:8000/v1"),
-        replace(base, llm_max_retries=9), replace(base, llm_max_in_flight=64), replace(base, store=json.dumps({**STORE, "path": "/fast/chroma", "max_batch": 100})),
+        replace(base, llm_max_retries=9), replace(base, llm_max_in_flight=64),
+        replace(base, store=json.dumps({**STORE, "path": "/fast/chroma", "max_batch": 100})),
         replace(base, cache_path="/tmp/c.sqlite"),
         replace(base, embedder=json.dumps({**OPENAI_EMBEDDER, "timeout": 61.0, "base_url": "http://e:9/v1",
                                            "batch_size": 8}, sort_keys=True)),

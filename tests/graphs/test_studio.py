@@ -39,7 +39,8 @@ def test_langgraph_dev_runs_the_synthesis_graph(server, topics_index, tiny_token
         store, spec = topics_index
         context = {
             "llm_base_url": server.url, "llm_model": "scripted", "llm_timeout": 10.0,
-            "cache_path": str(tmp_path / "cache.sqlite"), "store": json.dumps({"_target_": "agents.store.ChromaStore", "path": store}), "corpus": "python_docs",
+            "cache_path": str(tmp_path / "cache.sqlite"),
+            "store": json.dumps({"_target_": "agents.store.ChromaStore", "path": store}), "corpus": "python_docs",
             "embedder": json.dumps(spec, sort_keys=True), "tokenizer": tiny_tokenizer,
             "qfs_chunk_tokens": 512, "qfs_budget_tokens": 600,
         }

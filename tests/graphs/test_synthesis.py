@@ -15,7 +15,8 @@ def _ctx(server, topics_index, tiny_tokenizer, tmp_path, **kw) -> SynthContext:
     store, spec = topics_index
     settings = dict(
         llm_base_url=server.url, llm_model="scripted", llm_timeout=5.0, llm_max_retries=2,
-        cache_path=str(tmp_path / "cache.sqlite"), store=json.dumps({"_target_": "agents.store.ChromaStore", "path": store}), corpus="python_docs",
+        cache_path=str(tmp_path / "cache.sqlite"), corpus="python_docs",
+        store=json.dumps({"_target_": "agents.store.ChromaStore", "path": store}),
         embedder=json.dumps(spec, sort_keys=True), tokenizer=tiny_tokenizer,
         qfs_chunk_tokens=1024, qfs_budget_tokens=2048,
     )
