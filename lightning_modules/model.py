@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -47,7 +48,11 @@ def set_rope_theta(model: PreTrainedModel, rope_theta: float, max_position_embed
 def build_model(init_from: str | None, config: dict | None, rope_theta: float, max_position_embeddings: int,
                 attention: str = "sdpa") -> PreTrainedModel:
     """The stage's starting model: `from_pretrained(init_from)`, or a random init from `config` (a
-    LlamaConfig's keys) when `init_from` is None; then the stage's θ, length and attention."""
+    LlamaConfig's keys) when `init_from` is None; then the stage's θ, length and attention.
+
+    Training runs on fp32 weights whatever the checkpoint holds; the checkpoint's own dtype (`dtype` or
+    `torch_dtype` in its config.json, bf16 for Llama-3) is kept as `model.base_dtype`, the dtype the stage's
+    export is written in. A random init takes `dtype` from `config` when set there, else float32."""
     if attention not in ATTENTION:
         raise ConfigError(f"attention must be one of {sorted(ATTENTION)}, not {attention!r}")
     attention_impls.register()
@@ -55,12 +60,28 @@ def build_model(init_from: str | None, config: dict | None, rope_theta: float, m
     if init_from is not None:
         if not (Path(init_from) / "config.json").is_file():
             raise ConfigError(f"no model in {init_from} (config.json missing)")
+        saved = json.loads((Path(init_from) / "config.json").read_text())  # from_pretrained overwrites its dtype
+        base_dtype = saved.get("dtype") or saved.get("torch_dtype")
         model = AutoModelForCausalLM.from_pretrained(init_from, attn_implementation=impl, dtype=torch.float32)
     elif config is not None:
         model = LlamaForCausalLM(LlamaConfig(**config))
         model.set_attn_implementation(impl)
+        base_dtype = model.config.dtype
     else:
         raise ConfigError("set model.path (a local Hugging Face model folder) or use model=tiny")
     set_rope_theta(model, rope_theta, max_position_embeddings)
     model.config.use_cache = False
+    model.base_dtype = _as_dtype(base_dtype)
     return model
+
+
+def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    """A config's dtype (a torch.dtype, a name such as "bfloat16", or unset) as a torch.dtype; unset is float32."""
+    if dtype is None or dtype == "auto":
+        return torch.float32
+    if isinstance(dtype, str):
+        named = getattr(torch, dtype.removeprefix("torch."), None)
+        if not isinstance(named, torch.dtype):
+            raise ConfigError(f"the model's config.json names an unknown dtype {dtype!r}")
+        return named
+    return dtype
