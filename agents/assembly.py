@@ -47,10 +47,10 @@ def _cut(counter: ChatTokenCounter, doc: SourceDocument, n_tokens: int, encoding
     """The document's first `n_tokens` tokens (from its `encoding` when given, else one encode), or None when
     nothing but whitespace is left."""
     n_tokens = max(0, n_tokens)
-    if encoding is not None and len(encoding) > n_tokens:
-        cut = encoding.token_to_chars(n_tokens)[0] if n_tokens else 0
-    else:
+    if encoding is None:
         _, cut, _ = counter.measure(doc.text, limit=n_tokens)
+    else:
+        _, cut, _ = counter.points(encoding, len(doc.text), n_tokens)
     text = doc.text[:cut]
     return SourceDocument(doc.id, doc.title, text, min(n_tokens, doc.n_tokens or n_tokens)) if text.strip() else None
 

@@ -54,9 +54,6 @@ class ChatTokenCounter:
         self._chars_seen += len(text)
         return encoding
 
-    def _ids(self, text: str) -> list[int]:
-        return self._encode(text).ids
-
     def count(self, text: str) -> int:
         """Tokens in a plain text."""
         return len(self._encode(text))  # no list of ids built: the length of the Rust encoding

@@ -116,7 +116,7 @@ async def retrieve(state: SynthState, runtime: Runtime[SynthContext]) -> dict[st
             by_id[d.id] = encodings.pop(d.text)
             n, cut, starts = counter.points(by_id[d.id], len(d.text), cap, ctx.qfs_chunk_tokens)
             docs.append(SourceDocument(d.id, d.title or d.source, d.text[:cut], min(n, cap)))
-            splits[d.id] = [c for c in starts if c < cut]
+            splits[d.id] = starts  # piece starts before the cut only
         if ctx.shuffle_documents:
             _rng(ctx, state["index"], "order").shuffle(docs)
         _, n, kept = fit_documents(counter, state["instruction"], docs, "", state["target_tokens"],
