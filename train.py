@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_modules.data import PackedDataModule
+from lightning_modules.datamodule import PackedDataModule
 from lightning_modules.errors import ConfigError
 from lightning_modules.export import ExportHF, export_hf
 from lightning_modules.model import load_tokenizer
@@ -41,8 +41,10 @@ def main(cfg: DictConfig) -> None:
                     dense_max_len=a.max_len)
         ckpt_path = resolve_ckpt(cfg.ckpt_path, cfg.stage_dir)
         tokenizer = load_tokenizer(cfg.model.tokenizer)
-        data = PackedDataModule(tokenizer, c["data"]["sources"], s.seq_len, c["data"]["batch_size"], cfg.seed,
-                                s.cp_degree, s.max_steps, c["data"]["num_workers"], cfg.response_loss_weight > 0)
+        d = c["data"]
+        data = PackedDataModule(tokenizer, d["sources"], s.seq_len, d["batch_size"], cfg.seed, s.cp_degree,
+                                s.max_steps, d["num_workers"], cfg.response_loss_weight > 0, d["prepared_dir"],
+                                d["num_proc"])
         data.setup("fit")
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,6 +1,7 @@
-"""Training data: `messages` JSONL or parquet files only (synthesis samples, short instruction data, the
-programmatic needle data that `evaluate.py ... export_training=` writes), mixed, tokenized with the chat
-template, packed to the stage length.
+"""Training data primitives: `messages` JSONL or parquet files only (synthesis samples, short instruction data,
+the programmatic needle data that `evaluate.py ... export_training=` writes), tokenized with the chat template
+and packed to the stage length. `lightning_modules.prepare` applies them once and writes the rows to disk;
+`lightning_modules.datamodule` serves them.
 
 - Loss policy per source: `all` (every token, the paper's choice for long samples) or `responses`
   (assistant turns only, for short instruction data).
@@ -9,29 +10,19 @@ template, packed to the stage length.
   the fullest row it fits) into rows of `seq_len` tokens; each sample is a document (`doc_ids`), so no
   token attends across samples.
   Samples longer than `seq_len` are dropped and counted.
-- Every rank of a context-parallel group gets the same rows; each data-parallel group its own.
-  The order is a function of the seed and the step, so a resumed run reads exactly what an
-  uninterrupted one would have read from that step on.
 """
 
 from __future__ import annotations
 
 import bisect
 import json
-import logging
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import lightning as L
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lightning_modules.context_parallel import IGNORE_INDEX
 from lightning_modules.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -89,9 +80,14 @@ def read_messages(path: str) -> list[list[dict]]:
                     raise ConfigError(f"{path}:{n} has no 'messages' list")
                 rows.append(record["messages"])
     for n, messages in enumerate(rows, 1):
-        if not messages or any(not isinstance(m, dict) or "role" not in m or "content" not in m for m in messages):
-            raise ConfigError(f"{path} row {n}: every message needs 'role' and 'content'")
+        check_messages(f"{path} row {n}", messages)
     return rows
+
+
+def check_messages(where: str, messages: list) -> None:
+    """Refuse a conversation without messages or with a message lacking `role` or `content`."""
+    if not messages or any(not isinstance(m, dict) or "role" not in m or "content" not in m for m in messages):
+        raise ConfigError(f"{where}: every message needs 'role' and 'content'")
 
 
 Sample = tuple[np.ndarray, np.ndarray, np.ndarray]  # token ids, labels, response mask (assistant tokens)
@@ -141,122 +137,53 @@ def best_fit(lengths: list[int], capacity: int) -> list[list[int]]:
     return rows
 
 
+LABELLED, RESPONSE = 1, 2  # bits of a row's flags: the token has a label (loss policy), is in an assistant turn
+
+
+def fill_rows(plan: list[list[int]], get, input_ids: np.ndarray, flags: np.ndarray, doc_lens: np.ndarray,
+              row_docs: np.ndarray, first_row: int = 0) -> None:
+    """Write rows `first_row ...` of a packing plan: each planned sample's ids and flags one after another
+    from the row's start; `get(i)` gives sample i's `(ids, flags)`; `doc_lens[row_docs[r]:]` receives row r's
+    sample lengths. Padding (already in the arrays) stays after them."""
+    for r, row in enumerate(plan, first_row):
+        at, d = 0, int(row_docs[r])
+        for i in row:
+            ids, fl = get(i)
+            input_ids[r, at:at + len(ids)], flags[r, at:at + len(ids)] = ids, fl
+            doc_lens[d] = len(ids)
+            at, d = at + len(ids), d + 1
+
+
+def sample_flags(labels: np.ndarray, response: np.ndarray) -> np.ndarray:
+    """A tokenized sample's labels and response mask as row flags (uint8)."""
+    return (labels != IGNORE_INDEX).astype(np.uint8) * LABELLED | response.astype(np.uint8) * RESPONSE
+
+
+def decode_row(ids: np.ndarray, flags: np.ndarray, lens: np.ndarray) -> dict[str, np.ndarray]:
+    """One packed row from its stored form (`[seq_len]` ids and flags, its samples' lengths) to what a batch
+    holds: int64 `input_ids`, `labels` (`IGNORE_INDEX` where unlabelled), `doc_ids` (-1 on padding) and the
+    bool `response` mask."""
+    ids = ids.astype(np.int64)
+    doc_ids = np.full(len(ids), -1, dtype=np.int64)
+    doc_ids[:int(lens.sum())] = np.repeat(np.arange(len(lens)), lens)
+    return {"input_ids": ids, "labels": np.where(flags & LABELLED, ids, IGNORE_INDEX), "doc_ids": doc_ids,
+            "response": (flags & RESPONSE) > 0}
+
+
 def pack(samples: list[Sample], seq_len: int, pad_id: int,
          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """Best-fit packing (`best_fit`): rows `[N, seq_len]` of input ids, labels, document ids (padding: -1),
-    response masks, and how many samples were longer than a row (dropped)."""
+    """Best-fit packing (`best_fit`) in memory: rows `[N, seq_len]` of input ids, labels, document ids
+    (padding: -1), response masks, and how many samples were longer than a row (dropped). Training reads the
+    same rows from the files `lightning_modules.prepare` writes."""
     plan = best_fit([len(s[0]) for s in samples], seq_len)
     too_long = sum(len(s[0]) > seq_len for s in samples)
-    rows = [[samples[i] for i in row] for row in plan]
-    input_ids = np.full((len(rows), seq_len), pad_id, dtype=np.int64)
-    out_labels = np.full((len(rows), seq_len), IGNORE_INDEX, dtype=np.int64)
-    doc_ids = np.full((len(rows), seq_len), -1, dtype=np.int64)
-    responses = np.zeros((len(rows), seq_len), dtype=bool)
-    for r, row in enumerate(rows):
-        at = 0
-        for d, (ids, labels, response) in enumerate(row):
-            span = slice(at, at + len(ids))
-            input_ids[r, span], out_labels[r, span], doc_ids[r, span], responses[r, span] = ids, labels, d, response
-            at += len(ids)
-    return input_ids, out_labels, doc_ids, responses, too_long
-
-
-class PackedRows(Dataset):
-    """Packed rows as `{input_ids, labels, doc_ids}` `[seq_len]` int64 tensors and `response` (bool)."""
-
-    def __init__(self, input_ids: np.ndarray, labels: np.ndarray, doc_ids: np.ndarray, response: np.ndarray,
-                 ) -> None:
-        self.input_ids, self.labels, self.doc_ids, self.response = input_ids, labels, doc_ids, response
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": torch.from_numpy(self.input_ids[i]), "labels": torch.from_numpy(self.labels[i]),
-                "doc_ids": torch.from_numpy(self.doc_ids[i]), "response": torch.from_numpy(self.response[i])}
-
-
-class StepBatchSampler(Sampler[list[int]]):
-    """Batches for micro-steps `start .. total-1` of one data-parallel group: micro-step t takes the
-    rows at stream positions (t * dp + dp_rank) * B ... + B - 1 of an endless stream of seeded
-    permutations (one per data epoch)."""
-
-    def __init__(self, num_rows: int, batch_size: int, dp_size: int, dp_rank: int, seed: int, start: int,
-                 total: int) -> None:
-        self.n, self.b, self.dp, self.rank, self.seed = num_rows, batch_size, dp_size, dp_rank, seed
-        self.start, self.total = start, total
-        self._perms: dict[int, np.ndarray] = {}
-
-    def _row(self, position: int) -> int:
-        epoch, offset = divmod(position, self.n)
-        if epoch not in self._perms:
-            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
-        return int(self._perms[epoch][offset])
-
-    def __iter__(self):
-        for t in range(self.start, self.total):
-            first = (t * self.dp + self.rank) * self.b
-            yield [self._row(first + j) for j in range(self.b)]
-
-    def __len__(self) -> int:
-        # the whole stage, not what is left: a resumed run's loop counts its batches from the restored
-        # step, so the epoch (one per stage) ends at `total` either way
-        return self.total
-
-
-class PackedDataModule(L.LightningDataModule):
-    """Reads, mixes, tokenizes and packs the sources once per run; serves step-addressed batches."""
-
-    def __init__(self, tokenizer, sources: list[dict], seq_len: int, batch_size: int = 1, seed: int = 0,
-                 cp_degree: int = 1, max_steps: int = 1, num_workers: int = 0, mark_responses: bool = False) -> None:
-        super().__init__()
-        self.mark_responses = mark_responses  # find assistant tokens for a weighted response loss
-        self.tokenizer, self.seq_len, self.batch_size, self.seed = tokenizer, seq_len, batch_size, seed
-        self.sources = [Source(**s) for s in sources]
-        self.cp_degree, self.max_steps, self.num_workers = cp_degree, max_steps, num_workers
-        self.rows: PackedRows | None = None
-        self.stats = PackStats(seq_len=seq_len)
-
-    def samples(self) -> list[Sample]:
-        """The mixed, shuffled, tokenized samples of one data epoch."""
-        rng = random.Random(self.seed)
-        mixed: list[Sample] = []
-        for i, source in enumerate(self.sources):
-            if source.loss not in ("all", "responses"):
-                raise ConfigError(f"data.sources[{i}].loss must be 'all' or 'responses', not {source.loss!r}")
-            if source.format != "messages":
-                raise ConfigError(f"data.sources[{i}].format must be 'messages', not {source.format!r} (generated "
-                                  f"tasks reach training as files: see conf/data/passkey.yaml)")
-            if not source.path:
-                raise ConfigError(f"data.sources[{i}] (format messages) needs a path")
-            items = [tokenize_messages(self.tokenizer, m, source.loss, self.mark_responses)
-                     for m in read_messages(source.path)]
-            whole, part = divmod(source.weight, 1.0)
-            chosen = items * int(whole) + rng.sample(items, int(round(part * len(items))))
-            self.stats.per_source[source.path] = len(chosen)
-            mixed += chosen
-        rng.shuffle(mixed)
-        return mixed
-
-    def setup(self, stage: str | None = None) -> None:
-        """Pack once (every rank does the same, deterministically)."""
-        if self.rows is not None:
-            return
-        mixed = self.samples()
-        input_ids, labels, doc_ids, response, too_long = pack(mixed, self.seq_len, self.tokenizer.pad_token_id)
-        self.stats.samples, self.stats.too_long, self.stats.rows = len(mixed), too_long, len(input_ids)
-        self.stats.tokens = int((doc_ids >= 0).sum())
-        if not len(input_ids):
-            raise ConfigError(f"no sample fits seq_len={self.seq_len} ({too_long} were longer); "
-                              f"check data.sources or pick a longer stage")
-        log.info("packed %d samples into %d rows of %d tokens (fill %.1f%%); %d longer than the stage, dropped",
-                 len(mixed), len(input_ids), self.seq_len, 100 * self.stats.fill, too_long)
-        self.rows = PackedRows(input_ids, labels, doc_ids, response)
-
-    def train_dataloader(self) -> DataLoader:
-        """Batches from the step the trainer is at (0, or where a resumed run stopped)."""
-        trainer, accumulate = self.trainer, self.trainer.accumulate_grad_batches
-        sampler = StepBatchSampler(len(self.rows), self.batch_size, trainer.world_size // self.cp_degree,
-                                   trainer.global_rank // self.cp_degree, self.seed,
-                                   trainer.global_step * accumulate, self.max_steps * accumulate)
-        return DataLoader(self.rows, batch_sampler=sampler, num_workers=self.num_workers)
+    input_ids = np.full((len(plan), seq_len), pad_id, dtype=np.int64)
+    flags = np.zeros((len(plan), seq_len), dtype=np.uint8)
+    row_docs = np.concatenate([[0], np.cumsum([len(r) for r in plan])]).astype(np.int64)
+    doc_lens = np.zeros(int(row_docs[-1]), dtype=np.int64)
+    fill_rows(plan, lambda i: (samples[i][0], sample_flags(samples[i][1], samples[i][2])), input_ids, flags,
+              doc_lens, row_docs)
+    rows = [decode_row(input_ids[r], flags[r], doc_lens[row_docs[r]:row_docs[r + 1]]) for r in range(len(plan))]
+    stack = {k: np.stack([row[k] for row in rows]) if rows else np.zeros((0, seq_len), dtype=np.int64)
+             for k in ("input_ids", "labels", "doc_ids", "response")}
+    return stack["input_ids"], stack["labels"], stack["doc_ids"], stack["response"].astype(bool), too_long

@@ -9,7 +9,8 @@ import torch
 from kernels.reference import visibility
 from lightning_modules.byte_tokenizer import byte_tokenizer
 from lightning_modules.context_parallel import IGNORE_INDEX, shard_batch
-from lightning_modules.data import PackedDataModule, StepBatchSampler, pack, read_messages, tokenize_messages
+from lightning_modules.data import pack, read_messages, tokenize_messages
+from lightning_modules.datamodule import PackedDataModule, StepBatchSampler
 from lightning_modules.errors import ConfigError
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a prime."},
@@ -35,8 +36,10 @@ def test_loss_on_responses_only_covers_exactly_the_assistant_turns(tiny_tokenize
 
 def test_no_packed_token_sees_another_sample():
     rng = np.random.default_rng(0)
-    samples = [(rng.integers(0, 200, n), rng.integers(0, 200, n), rng.random(n) < 0.3)
-               for n in rng.integers(5, 60, 40)]
+    samples = []
+    for n in rng.integers(5, 60, 40):  # a label is the token or IGNORE_INDEX (no loss), as tokenize_messages gives
+        ids, response = rng.integers(0, 200, n), rng.random(n) < 0.3
+        samples.append((ids, np.where(rng.random(n) < 0.7, ids, IGNORE_INDEX), response))
     samples.append((np.zeros(100, dtype=np.int64), np.zeros(100, dtype=np.int64), np.zeros(100, bool)))  # too long
     ids, labels, docs, response, too_long = pack(samples, 64, pad_id=255)
     assert too_long == 1
@@ -105,7 +108,7 @@ def test_mixture_of_jsonl_and_parquet_with_weights(tmp_path):
     data = PackedDataModule(byte_tokenizer(), [
         {"format": "messages", "path": str(long), "weight": 2.0, "loss": "all"},
         {"format": "messages", "path": str(short), "weight": 0.5, "loss": "responses"},
-    ], seq_len=512, batch_size=1)
+    ], seq_len=512, batch_size=1, prepared_dir=str(tmp_path / "prepared"))
     data.setup()
     assert data.stats.per_source == {str(long): 12, str(short): 2}
     assert data.stats.samples == 14 and data.stats.too_long == 0
