@@ -258,10 +258,12 @@ def build(folder: Path, tokenizer, sources: list[Source], seq_len: int, seed: in
         lengths = list(pool.map(_tokenize_part, *zip(*args))) if pool and args else [_tokenize_part(*a) for a in args]
         tokenized = Tokenized(tasks, parts, lengths, counts)
         src, row = mixture(counts, [s.weight for s in sources], seed)
-        sizes = np.asarray([tokenized.lengths[s][r] for s, r in zip(src, row)], dtype=np.int64)
+        sizes = np.zeros(len(src), dtype=np.int64)  # [samples] in mixed order
+        for i in range(len(sources)):
+            sizes[src == i] = tokenized.lengths[i][row[src == i]]
         plan = best_fit(sizes.tolist(), seq_len)
         stats = PackStats(seq_len=seq_len, samples=len(src), too_long=int((sizes > seq_len).sum()), rows=len(plan),
-                          tokens=int(sum(sizes[i] for row_ in plan for i in row_)))
+                          tokens=int(sizes[sizes <= seq_len].sum()))  # every sample that fits a row is packed
         for i, s in enumerate(sources):
             stats.per_source[s.path] = stats.per_source.get(s.path, 0) + int((src == i).sum())
         if not plan:
