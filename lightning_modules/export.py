@@ -24,7 +24,9 @@ def export_hf(model, tokenizer, path: str | Path, is_writer: bool = True) -> Non
     dtype = getattr(model, "base_dtype", torch.float32)
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if is_writer:
-        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        for k, v in state.items():  # one tensor at a time: each fp32 copy is freed as its cast replaces it
+            if v.is_floating_point():
+                state[k] = v.to(dtype)
         path = Path(path)
         partial = path.with_name(path.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
