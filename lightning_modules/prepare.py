@@ -392,6 +392,9 @@ class PreparedRows(Dataset):
                           np.memmap(f / "doc_lens.u32", np.uint32, "r", shape=(int(row_docs[-1]),)))
         return self._maps
 
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_maps": None}  # a pickled memmap would be a full copy: workers map their own
+
     def __len__(self) -> int:
         return self.rows
 

@@ -210,3 +210,15 @@ def test_best_fit_fills_the_passkey_rows_within_one_percent_of_any_packing(tmp_p
 
     best_possible = lengths.sum() / (1024 * l2_bound(1024))
     assert stats.fill >= 0.99 * best_possible and stats.fill > 0.91, (stats.fill, best_possible)
+
+
+def test_a_pickled_dataset_maps_the_files_again_instead_of_copying_them(tmp_path):
+    import pickle
+
+    rows = PreparedRows(prepare(byte_tokenizer(), write_mixture(tmp_path / "data"), 512, 0, False,
+                                str(tmp_path / "prepared")))
+    first = rows[0]
+    blob = pickle.dumps(rows)  # what DataLoader workers and ddp_spawn ranks receive
+    assert len(blob) < 2000
+    again = pickle.loads(blob)[0]
+    assert all(np.array_equal(first[k].numpy(), again[k].numpy()) for k in first)
