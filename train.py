@@ -22,9 +22,11 @@ from lightning_modules.errors import ConfigError
 from lightning_modules.export import ExportHF, export_hf
 from lightning_modules.model import load_tokenizer
 from lightning_modules.module import LongContextLM
+from lightning_modules.progress import quiet
 from lightning_modules.stages import check_stage, register_resolvers, resolve_ckpt
 
 register_resolvers()
+quiet()  # Lightning's tips and the understood warnings off, in every process (spawned ranks re-import this file)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

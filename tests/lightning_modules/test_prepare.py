@@ -174,9 +174,9 @@ def test_two_ranks_read_disjoint_rows_that_together_are_what_one_rank_reads(tmp_
 def test_two_processes_starting_together_build_once(tmp_path):
     """Two train.py-like processes on one mixture: one builds, the other waits for it and maps the same rows."""
     sources = write_mixture(tmp_path / "data", 400, 100)
-    script = (f"import json, sys; from lightning_modules.byte_tokenizer import byte_tokenizer; "
-              f"from lightning_modules.prepare import prepare; "
-              f"print(prepare(byte_tokenizer(), json.loads(sys.argv[1]), 512, 0, True, sys.argv[2]))")
+    script = ("import json, sys; from lightning_modules.byte_tokenizer import byte_tokenizer; "
+              "from lightning_modules.prepare import prepare; "
+              "print(prepare(byte_tokenizer(), json.loads(sys.argv[1]), 512, 0, True, sys.argv[2]))")
     procs = [subprocess.Popen([sys.executable, "-c", script, json.dumps(sources), str(tmp_path / "prepared")],
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=120) for p in procs]
