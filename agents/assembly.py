@@ -26,9 +26,17 @@ class SourceDocument:
     n_tokens: int | None = None
 
 
+def document_header(header: str, index: int, title: str) -> str:
+    """The line above a document: `header` (e.g. "Document {index}: {title}") filled in; a document without a
+    title gets the header without it ("Document 3"), never a file path or other stand-in."""
+    if title.strip():
+        return header.format(index=index, title=title.strip())
+    return header.format(index=index, title="").strip(" \t:-–—|,;")
+
+
 def user_turn(instruction: str, docs: Sequence[SourceDocument], header: str, position: str) -> str:
     """Documents, each under its header, with the instruction after them (or before, or both)."""
-    body = "\n\n".join(f"{header.format(index=i + 1, title=d.title)}\n{d.text}" for i, d in enumerate(docs))
+    body = "\n\n".join(f"{document_header(header, i + 1, d.title)}\n{d.text}" for i, d in enumerate(docs))
     if position == "before":
         return f"{instruction}\n\n{body}"
     if position == "both":
@@ -84,7 +92,7 @@ def fit_documents(
     for doc in docs:
         if doc.n_tokens is None:
             doc = SourceDocument(doc.id, doc.title, doc.text, counter.count(doc.text))
-        head = counter.count(f"{header.format(index=len(kept) + 1, title=doc.title)}\n") + separator
+        head = counter.count(f"{document_header(header, len(kept) + 1, doc.title)}\n") + separator
         if head + doc.n_tokens <= budget:
             kept.append(doc)
             budget -= head + doc.n_tokens

@@ -15,7 +15,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Send
 
 from agents.acer import acer_answer, rank_chunks, reasoned_target
-from agents.assembly import SourceDocument, fit_documents, messages_for
+from agents.assembly import SourceDocument, document_header, fit_documents, messages_for
 from agents.backtranslation import back_translate
 from agents.instructions import instruction_problem, write_instruction
 from agents.llm import LLMFailure
@@ -115,7 +115,7 @@ async def retrieve(state: SynthState, runtime: Runtime[SynthContext]) -> dict[st
         for d, _ in found:
             by_id[d.id] = encodings.pop(d.text)
             n, cut, starts = counter.points(by_id[d.id], len(d.text), cap, ctx.qfs_chunk_tokens)
-            docs.append(SourceDocument(d.id, d.title or d.source, d.text[:cut], min(n, cap)))
+            docs.append(SourceDocument(d.id, d.title, d.text[:cut], min(n, cap)))  # no title: no stand-in
             splits[d.id] = starts  # piece starts before the cut only
         if ctx.shuffle_documents:
             _rng(ctx, state["index"], "order").shuffle(docs)
@@ -139,7 +139,7 @@ async def plan_qfs(state: SynthState, runtime: Runtime[SynthContext]) -> dict[st
         parts: list[tuple[str, int]] = []
         for i, d in enumerate(state["documents"]):
             doc_parts = split_counted(d["text"], d["n_tokens"], d["splits"], every) or [("", 0)]
-            header = f"{ctx.doc_header.format(index=i + 1, title=d['title'])}\n"
+            header = f"{document_header(ctx.doc_header, i + 1, d['title'])}\n"
             first, n = doc_parts[0]
             doc_parts[0] = (header + first, n + counter.count(header))
             parts.extend(doc_parts)
@@ -315,10 +315,10 @@ async def acer_context(state: SynthState, runtime: Runtime[SynthContext]) -> dic
 
     def work() -> dict[str, Any]:
         found = res.retriever.gather(state["question"], state["target_tokens"], res.counter.count)
-        docs = [SourceDocument(d.id, d.title or d.source, d.text, n) for d, n in found]
+        docs = [SourceDocument(d.id, d.title, d.text, n) for d, n in found]
         _, _, kept = fit_documents(res.counter, state["question"], docs, "", state["target_tokens"],
                                    ctx.doc_header, "after", exact=False)
-        body = "\n\n".join(f"{ctx.doc_header.format(index=i + 1, title=d.title)}\n{d.text}" for i, d in enumerate(kept))
+        body = "\n\n".join(f"{document_header(ctx.doc_header, i + 1, d.title)}\n{d.text}" for i, d in enumerate(kept))
         return {"sample_id": sid, "context": body, "documents": [vars(d) for d in kept]}
 
     return await asyncio.to_thread(work)
