@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import OmegaConf
 
+from lightning_modules.checkpoint import complete_checkpoint
 from lightning_modules.context_parallel import check_seq_len
 from lightning_modules.errors import ConfigError
 
@@ -58,11 +61,15 @@ def check_stage(*, name: str, previous: str | None, init_from: str | None, seq_l
 
 
 def resolve_ckpt(ckpt_path: str | None, stage_dir: str) -> str | None:
-    """`last` -> `<stage_dir>/last.ckpt` (must exist); a path must exist; None starts fresh."""
+    """`last` -> `<stage_dir>/last.ckpt`, else the path; it must exist, or the `.prev` that a save killed between its
+    renames keeps (used with a note; see lightning_modules/checkpoint.py); a `.tmp` never. None starts fresh."""
     if ckpt_path is None:
         return None
     path = Path(stage_dir) / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
-    if not path.exists():
+    found, note = complete_checkpoint(path)
+    if found is None:
         raise ConfigError(f"ckpt_path={ckpt_path}: {path} does not exist; drop ckpt_path to start the stage "
                           f"from its beginning")
-    return str(path)
+    if note and getattr(rank_zero_only, "rank", 0) == 0:
+        print(f"note: {note}", file=sys.stderr)
+    return str(found)

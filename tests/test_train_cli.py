@@ -193,3 +193,48 @@ def test_a_multirun_keeps_its_jobs_apart_chains_stages_within_a_job_and_its_scor
     table = (tmp_path / "heads" / "heads_sweep.md").read_text()
     assert "| Variant | retrieval heads | recall vs stage.lr=0.001," in table and "NIAH 256 |" in table
     assert "| stage.lr=0.001 |" in table and "| stage.lr=0.003 |" in table
+
+
+FSDP_CPU = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+            "trainer.enable_progress_bar=false"]
+
+
+def _killed_inside_save(data_dir: Path, args: list[str], step: int) -> Path:
+    """train.py with `args`, all its processes SIGKILLed while rank 0 is inside the checkpoint save of global step
+    `step` (held there by tests/lightning_modules/pause_in_save.py); returns the stage folder."""
+    stage, signal_file, log = data_dir / "train" / "tiny_1k", data_dir / "inside_the_save", data_dir / "killed.log"
+    write_passkey(data_dir / "passkey" / "train_1024.jsonl", 1024, 60)
+    pause = ["+callbacks.pause._target_=tests.lightning_modules.pause_in_save.PauseInSave",
+             f"+callbacks.pause.step={step}", f"+callbacks.pause.signal_file={signal_file}"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "train.py", *args, *pause], cwd=ROOT, env=_env(data_dir),
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 240
+        while not signal_file.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # every rank at once, as a preemption does
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    assert signal_file.exists(), f"the run never reached the save of step {step}:\n{log.read_text()[-3000:]}"
+    assert not (stage / "hf").exists()
+    return stage
+
+
+@pytest.mark.slow
+def test_an_fsdp_run_killed_inside_a_checkpoint_save_resumes_from_the_save_before_to_the_same_loss(tmp_path):
+    """SIGKILL (every rank) while the distributed checkpoint folder of step 2 is being written: its shards are written
+    and meta.pt is open by then, so a last.ckpt rewritten in place would be a mix of steps 1 and 2, its meta.pt empty.
+    (A file checkpoint is written whole by Lightning's fsspec transaction before it is moved into place.)"""
+    args = ["stage.max_steps=3", "stage.checkpoint_every=1", *SMALL, *FSDP_CPU]
+    whole = _train(tmp_path / "whole", *args)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    stage = _killed_inside_save(tmp_path / "cut", args, step=2)
+    resumed = _train(tmp_path / "cut", *args, "ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Restored all states from the checkpoint at {stage / 'last.ckpt'}" in resumed.stderr
+    assert "note:" not in resumed.stderr  # the kill came before the renames: last.ckpt was whole
+    assert _final_loss(resumed.stdout) == pytest.approx(_final_loss(whole.stdout), abs=1e-6)
+    assert sorted(p.name for p in stage.glob("last*")) == ["last.ckpt"]  # the killed save's .tmp is gone
+    assert torch.load(stage / "last.ckpt" / "meta.pt", weights_only=False)["global_step"] == 3
