@@ -171,9 +171,10 @@ class _Indexer:
             [
                 {
                     "source": s.doc.source,
-                    "title": str(s.doc.meta.get("title", "")),
+                    "title": str(s.doc.meta.get("title", "")),  # "" when the document has none (never its source)
                     "n_chunks": s.n_chunks,
                     "n_tokens": s.n_tokens,
+                    **({"url": str(s.doc.meta["url"])} if s.doc.meta.get("url") else {}),  # provenance only
                 }
                 for s in states
             ],

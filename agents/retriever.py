@@ -88,6 +88,7 @@ def format_results(query: str, results: list[RetrievedDocument], preview_chars: 
         lines.append("  (no documents)")
     for rank, doc in enumerate(results, start=1):
         preview = " ".join(doc.text.split())[:preview_chars]
-        lines.append(f"  {rank}. {doc.score:.3f}  {doc.source}  ({doc.n_tokens} tokens)")
+        title = f"  {doc.title!r}" if doc.title else ""
+        lines.append(f"  {rank}. {doc.score:.3f}  {doc.source}{title}  ({doc.n_tokens} tokens)")
         lines.append(f"     {preview}")
     return "\n".join(lines)

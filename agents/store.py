@@ -34,7 +34,8 @@ from agents.index_sidecar import IndexSidecar
 
 @dataclass(frozen=True)
 class RetrievedDocument:
-    """A whole document found by a search; `score` is the cosine similarity of its best chunk."""
+    """A whole document found by a search; `score` is the cosine similarity of its best chunk. `title` is "" for a
+    document without one (see `agents.corpus`); `url`, "" when unknown, is provenance and never part of a text."""
 
     id: str
     text: str
@@ -43,6 +44,7 @@ class RetrievedDocument:
     title: str
     n_tokens: int
     best_chunk: int
+    url: str = ""
 
     @classmethod
     def from_registry(cls, doc_id: str, text: str, score: float, chunk: int, meta: dict) -> RetrievedDocument:
@@ -55,6 +57,7 @@ class RetrievedDocument:
             title=str(meta.get("title", "")),
             n_tokens=int(meta.get("n_tokens", 0)),
             best_chunk=chunk,
+            url=str(meta.get("url", "")),
         )
 
 
