@@ -23,8 +23,8 @@ class _KeepingWriter(ExperimentWriter):
 
     def save(self) -> None:
         """Save recorded metrics, after the kept earlier rows on the first save."""
-        earlier, self._earlier = self._earlier, None
-        if earlier and self.metrics:
+        if self._earlier is not None and self.metrics:  # the first save with rows (an empty one comes first)
+            earlier, self._earlier = self._earlier, None
             first = min(int(m["step"]) for m in self.metrics)
             kept = [row for row in earlier if row.get("step") not in (None, "") and int(row["step"]) < first]
             self.metrics = [{k: v for k, v in row.items() if v != ""} for row in kept] + self.metrics

@@ -118,6 +118,8 @@ def test_a_run_killed_mid_stage_resumes_from_last_ckpt_to_the_same_loss(tmp_path
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Restored all states" in resumed.stderr
     assert _final_loss(resumed.stdout) == pytest.approx(_final_loss(whole.stdout), abs=1e-6)
+    # metrics.csv holds every step once: the killed run's rows before the checkpoint, then the resumed run's
+    assert _losses(tmp_path / "cut", "tiny_1k") == pytest.approx(_losses(tmp_path / "whole", "tiny_1k"), abs=1e-6)
 
 
 @pytest.mark.slow

@@ -16,6 +16,8 @@ def test_a_resumed_run_keeps_the_rows_before_its_first_step_and_replaces_the_res
         first.log_metrics({"train/loss": 10.0 - step}, step)
     first.save()
     resumed = ResumableCSVLogger(tmp_path, name="logs", version="")
+    resumed.log_hyperparams({"lr": 0.1})  # Lightning saves once with no rows first
+    resumed.save()
     for step in range(4, 8):
         resumed.log_metrics({"train/loss": 20.0 - step, "lr": 0.1}, step)
     resumed.save()
