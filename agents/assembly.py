@@ -73,8 +73,10 @@ def fit_documents(
     position: str = "after",
     exact: bool = True,
     encodings: Mapping[str, Any] | None = None,
+    reserve: int = 0,
 ) -> tuple[list[dict[str, str]], int, list[SourceDocument]]:
-    """Messages of at most `target_tokens` tokens holding as much of `docs` (in order) as fits.
+    """Messages of at most `target_tokens` tokens holding as much of `docs` (in order) as fits, with `reserve`
+    tokens left free (for an answer not yet written: the count returned includes the reserve).
 
     Each document costs its header, its `n_tokens` (counted here only when unknown) and a separator, plus the
     tokenizer's join slack (`ChatTokenCounter.join_slack`: what joining costs beyond the parts, so the first exact
@@ -88,7 +90,7 @@ def fit_documents(
     overhead = counter.count_messages(messages_for(user_turn(instruction, [], header, position), answer))
     separator = counter.count("\n\n") + counter.join_slack
     kept: list[SourceDocument] = []
-    budget = target_tokens - overhead
+    budget = target_tokens - reserve - overhead
     for doc in docs:
         if doc.n_tokens is None:
             doc = SourceDocument(doc.id, doc.title, doc.text, counter.count(doc.text))
@@ -104,12 +106,13 @@ def fit_documents(
     messages = messages_for(user_turn(instruction, kept, header, position), answer)
     if not exact:
         return messages, target_tokens - budget, kept
+    limit = target_tokens - reserve
     for _ in range(8):  # tokens do not add up exactly across joins: correct until it fits
         n = counter.count_messages(messages)
-        if n <= target_tokens or not kept:
-            return messages, n, kept
+        if n <= limit or not kept:
+            return messages, n + reserve, kept
         last = kept.pop()
-        if (cut := _cut(counter, last, last.n_tokens - (n - target_tokens) - 2)) is not None:
+        if (cut := _cut(counter, last, last.n_tokens - (n - limit) - 2)) is not None:
             kept.append(cut)
         messages = messages_for(user_turn(instruction, kept, header, position), answer)
-    return messages, counter.count_messages(messages), kept
+    return messages, counter.count_messages(messages) + reserve, kept

@@ -16,3 +16,11 @@ class ReasonedAnswer(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reasoning: str = Field(description="step-by-step reasoning over the passages")
     answer: str = Field(description="the final answer")
+
+
+class Verdict(BaseModel):
+    """A judge's verdict: whether an answer is supported by its notes (or a text fits its instruction)."""
+
+    model_config = ConfigDict(extra="forbid")
+    supported: bool = Field(description="true when supported")
+    reason: str = Field(description="the first unsupported statement, or why it is supported")

@@ -23,6 +23,9 @@ _EMBEDDER_TRANSPORT = {"base_url", "api_key_env", "batch_size", "max_concurrency
 # Settings that change how a run goes but never what a sample contains.
 _NOT_CONTENT = {"cache_path", "store"}
 _CHROMA = json.dumps({"_target_": "agents.store.ChromaStore", "path": "data/chroma"})
+# Task types of long-input instructions -> weights (agents.prompts.INSTRUCTION_TEMPLATES), as conf/synth has them.
+_TASK_TYPES = json.dumps({"qa": 0.3, "summary": 0.2, "comparison": 0.2, "aggregation": 0.15, "timeline": 0.15,
+                          "open": 0}, sort_keys=True)
 # Store keys that decide what a sample contains (the collection read); all others (embedded or server,
 # path, host, port, auth, sidecar folder, batch size) are how the index is reached, left out of sample ids.
 _STORE_CONTENT = ("collection",)
@@ -66,7 +69,11 @@ class SynthContext:
     instruction_min_words: int = 8
     instruction_max_words: int = 120
     instruction_attempts: int = 3
+    # Task type -> weight (JSON text of a mapping: a hashable field); each sample draws one from its seed and index.
+    task_types: str = _TASK_TYPES
     dedup_threshold: float = 0.7
+    # Near-duplicate by meaning: cosine of the instructions' embeddings (the index's embedder); None or 1.0: off.
+    dedup_cosine: float | None = 0.9
     qfs_chunk_tokens: int = 4096
     qfs_budget_tokens: int = 16384
     qfs_max_depth: int = 4
@@ -74,6 +81,14 @@ class SynthContext:
     # provenance); the sample is rejected only when more than this share of a level's pieces failed.
     max_dropped_share: float = 0.1
     answer_min_words: int = 10
+    # Target tokens reserved for the answer when documents are fitted before it is written, and the answer's cap: the
+    # documents QFS (or ACER's reader) reads are exactly those of the finished sample.
+    answer_max_tokens: int = 2048
+    # The answer cites its documents by the sample's own labels ("Document 3"); it is always confined to the notes.
+    cite: bool = True
+    # A judge call checks each answer against its notes (rejected as "ungrounded") and each back-translated
+    # instruction against its document.
+    verify: bool = False
     backtranslation_min_tokens: int = 2048
     backtranslation_max_tokens: int = 32768
     acer_chunk_tokens: int = 512
@@ -104,6 +119,12 @@ class SynthContext:
         values.update(embedder=json.dumps(embedder, sort_keys=True), store=json.dumps(store, sort_keys=True),
                       corpus=corpus)
         values.update({k: v for k, v in synth.items() if k in names})
+        if "task_types" in values:  # a mapping in conf/synth, JSON text here; checked now, not once per sample
+            from agents.instructions import task_weights
+
+            task_weights(values["task_types"])
+            if not isinstance(values["task_types"], str):
+                values["task_types"] = json.dumps(dict(values["task_types"]), sort_keys=True)
         unknown = sorted(set(values) - names)
         if unknown:
             raise KeyError(f"settings without a SynthContext field: {unknown}")

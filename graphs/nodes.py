@@ -14,12 +14,15 @@ from typing import Any
 from langgraph.runtime import Runtime
 from langgraph.types import Send
 
-from agents.acer import acer_answer, rank_chunks, reasoned_target
-from agents.assembly import SourceDocument, document_header, fit_documents, messages_for
-from agents.backtranslation import back_translate
-from agents.instructions import instruction_problem, write_instruction
+from agents.acer import (Passage, acer_answer, acer_messages, cap_passages, document_chunks, fit_acer,
+                         passages_left_out, rank_chunks, reasoned_target, text_pieces)
+from agents.assembly import SourceDocument, document_header, fit_documents, messages_for, user_turn
+from agents.backtranslation import back_translate, instruction_fits
+from agents.instructions import draw_task_type, instruction_problem, task_weights, write_instruction
 from agents.llm import LLMFailure
-from agents.prompts import ANSWER_PROMPT, SYSTEM_PROMPT
+from agents.prompts import (ANSWER_PROMPT, CITE_RULE, INSTRUCTION_FIT_PROMPT, INSTRUCTION_TEMPLATES, SYSTEM_PROMPT,
+                            VERIFY_PROMPT)
+from agents.schemas import Verdict
 from agents.qfs import pack, pack_parts, split_counted, summarize
 from graphs.context import SynthContext
 from graphs.resources import resources
@@ -57,46 +60,64 @@ def _record(ctx: SynthContext, state: dict[str, Any], kind: str, messages: list[
 
 
 async def instruction(state: SynthState, runtime: Runtime[SynthContext]) -> dict[str, Any]:
-    """Seed chunk → instruction; a failed, refused, bad or near-duplicate one is retried with the
-    next seed chunk, up to `instruction_attempts` times."""
+    """Task type (drawn from the seed and index, `synth.task_types`) and seed chunk → instruction written with
+    that type's template; a failed, refused, bad or near-duplicate one (3-gram Jaccard, or cosine of embeddings
+    when `dedup_cosine` is on) is retried with the next seed chunk, up to `instruction_attempts` times."""
     ctx = runtime.context
     res = resources(ctx)
-    sid = ctx.sample_id("long_input", state["index"], state["target_tokens"])
-    store = await asyncio.to_thread(lambda: res.retriever.store)
+    index = state["index"]
+    sid = ctx.sample_id("long_input", index, state["target_tokens"])
+    task_type = draw_task_type(task_weights(ctx.task_types), _rng(ctx, index, "task"))
+    by_meaning = ctx.dedup_cosine is not None and ctx.dedup_cosine < 1.0
+    store, embedder = await asyncio.to_thread(lambda: (res.retriever.store, res.retriever.embedder))
     total = await asyncio.to_thread(store.chunk_count)  # the index sidecar's count, read once per process
     reason, cause = "no attempt", "content"
-    index = state["index"]
     try:
         for attempt in range(ctx.instruction_attempts):
             chunk_id, chunk = await asyncio.to_thread(store.chunk_at, _rng(ctx, index, attempt).randrange(total))
             try:
-                text = await write_instruction(res.llm, chunk)
+                text = await write_instruction(res.llm, chunk, INSTRUCTION_TEMPLATES[task_type])
             except LLMFailure as err:
                 reason, cause = str(err), "endpoint"  # another attempt may succeed once the endpoint recovers
                 continue
             reason = instruction_problem(text, ctx.instruction_min_words, ctx.instruction_max_words)
             if reason is None:
+                # embedded before waiting for the turn: samples embed in parallel, only the verdicts go in order
+                vector = (await asyncio.to_thread(embedder.embed_queries, [text]))[0] if by_meaning else None
+
+                def duplicate() -> str | None:
+                    jaccard = res.deduper.similar(text, index)
+                    if jaccard >= ctx.dedup_threshold:
+                        return f"near-duplicate instruction (3-gram Jaccard {jaccard:.2f})"
+                    if vector is not None:
+                        cosine = res.deduper.closest_meaning(vector, index, embedder.embed_queries)
+                        if cosine >= ctx.dedup_cosine:
+                            return f"near-duplicate instruction (cosine {cosine:.2f})"
+                    return None
+
                 # near-duplicates of lower indices only, decided once all of them are final: a sample's
                 # instruction never depends on which samples finished first
                 if res.order is not None:
                     await res.order.turn(index)
-                similarity = await asyncio.to_thread(res.deduper.similar, text, index)
-                if similarity >= ctx.dedup_threshold:
-                    reason = f"near-duplicate instruction (3-gram Jaccard {similarity:.2f})"
-                else:
-                    res.deduper.add(text, index)
-                    return {"sample_id": sid, "seed_chunk_id": chunk_id, "instruction": text, "calls": attempt + 1}
-        return {"sample_id": sid, "calls": ctx.instruction_attempts, **_reject("instruction", reason, cause)}
+                reason = await asyncio.to_thread(duplicate)
+                if reason is None:
+                    res.deduper.add(text, index, vector)
+                    return {"sample_id": sid, "seed_chunk_id": chunk_id, "task_type": task_type, "instruction": text,
+                            "calls": attempt + 1}
+        return {"sample_id": sid, "task_type": task_type, "calls": ctx.instruction_attempts,
+                **_reject("instruction", reason, cause)}
     finally:
         if res.order is not None:
             res.order.settle(index)
 
 
 async def retrieve(state: SynthState, runtime: Runtime[SynthContext]) -> dict[str, Any]:
-    """Documents for the instruction until the assembled sample reaches its target length.
+    """Documents for the instruction until the assembled sample reaches its target length less the answer's
+    reserve (`answer_max_tokens`): the documents QFS reads are exactly those of the finished sample.
 
     Each document is encoded once here: that one encode gives its token count, its cut at
-    `max_document_share` and where its QFS pieces begin; the counts travel on in the state.
+    `max_document_share` and where its QFS pieces begin; the counts travel on in the state, with each
+    document's retrieval rank and whether it was cut.
     """
     ctx = runtime.context
     res = resources(ctx)
@@ -111,19 +132,22 @@ async def retrieve(state: SynthState, runtime: Runtime[SynthContext]) -> dict[st
             return len(encodings[text])
 
         found = res.retriever.gather(state["instruction"], state["target_tokens"], count, cap)
-        docs, splits, by_id = [], {}, {}
-        for d, _ in found:
+        docs, splits, by_id, rank, full = [], {}, {}, {}, {}
+        for r, (d, _) in enumerate(found, 1):
             by_id[d.id] = encodings.pop(d.text)
             n, cut, starts = counter.points(by_id[d.id], len(d.text), cap, ctx.qfs_chunk_tokens)
             docs.append(SourceDocument(d.id, d.title, d.text[:cut], min(n, cap)))  # no title: no stand-in
-            splits[d.id] = starts  # piece starts before the cut only
+            splits[d.id], rank[d.id], full[d.id] = starts, r, len(d.text)  # piece starts before the cut only
         if ctx.shuffle_documents:
             _rng(ctx, state["index"], "order").shuffle(docs)
         _, n, kept = fit_documents(counter, state["instruction"], docs, "", state["target_tokens"],
-                                   ctx.doc_header, ctx.instruction_position, exact=False, encodings=by_id)
+                                   ctx.doc_header, ctx.instruction_position, exact=False, encodings=by_id,
+                                   reserve=ctx.answer_max_tokens)
         if n < 0.98 * state["target_tokens"]:
-            return _reject("retrieve", f"the index holds only {n} tokens for a target of {state['target_tokens']}")
-        return {"documents": [{**vars(d), "splits": [c for c in splits[d.id] if c < len(d.text)]} for d in kept]}
+            return _reject("retrieve", f"the index holds only {n - ctx.answer_max_tokens} tokens for a target of "
+                                       f"{state['target_tokens']} less synth.answer_max_tokens={ctx.answer_max_tokens}")
+        return {"documents": [{**vars(d), "splits": [c for c in splits[d.id] if c < len(d.text)], "rank": rank[d.id],
+                               "cut": len(d.text) < full[d.id]} for d in kept]}
 
     return await asyncio.to_thread(work)
 
@@ -207,21 +231,34 @@ def after_collect(state: SynthState) -> str | list[Send]:
 
 
 async def answer(state: SynthState, runtime: Runtime[SynthContext]) -> dict[str, Any]:
-    """The answer, written from the final summaries only (cut to the budget at the depth cap)."""
+    """The answer, written from the final summaries only (cut to the budget at the depth cap), at most
+    `answer_max_tokens` long, confined to the notes and, with `cite`, pointing at the documents by the sample's own
+    labels; with `verify`, a judge call rejects it as `ungrounded` when the notes do not support it."""
     ctx = runtime.context
     res = resources(ctx)
     notes = "\n\n".join(state["notes"])
     if state["notes_tokens"] > ctx.qfs_budget_tokens:  # the depth cap was reached above the budget
         notes = await asyncio.to_thread(lambda: res.counter.truncate(notes, ctx.qfs_budget_tokens))
-    messages = [{"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": ANSWER_PROMPT.format(notes=notes, instruction=state["instruction"])}]
+    citations = CITE_RULE.format(label=document_header(ctx.doc_header, 3, "")) if ctx.cite else ""
+    prompt = ANSWER_PROMPT.format(notes=notes, instruction=state["instruction"], citations=citations)
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
     try:
-        text = await res.llm.text(messages)
+        text = await res.llm.text(messages, max_tokens=ctx.answer_max_tokens)
     except LLMFailure as err:
         return {"calls": 1, **_reject("answer", str(err), "endpoint")}
     if len(text.split()) < ctx.answer_min_words:
         return {"calls": 1, **_reject("answer", f"answer too short ({len(text.split())} words)")}
-    return {"answer": text, "calls": 1}
+    if not ctx.verify:
+        return {"answer": text, "calls": 1}
+    judge = [{"role": "system", "content": SYSTEM_PROMPT},
+             {"role": "user", "content": VERIFY_PROMPT.format(notes=notes, answer=text)}]
+    try:
+        verdict = await res.llm.json(judge, Verdict)
+    except LLMFailure as err:
+        return {"calls": 2, **_reject("verify", str(err), "endpoint")}
+    if not verdict.supported:
+        return {"calls": 2, **_reject("verify", f"ungrounded: {verdict.reason}")}
+    return {"answer": text, "calls": 2, "verified": True}
 
 
 def qfs_provenance(summaries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -234,17 +271,27 @@ def qfs_provenance(summaries: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def assemble(state: SynthState, runtime: Runtime[SynthContext]) -> dict[str, Any]:
-    """Instruction + raw documents → answer, fitted to the target length in the target tokenizer (the documents'
-    counts come from `retrieve`; the finished conversation is counted once)."""
+    """Instruction + raw documents → answer: exactly the documents QFS read, none cut or dropped here (`retrieve`
+    left the answer's reserve free), so the sample is at most its target length, shorter by what the answer left of
+    its reserve. The finished conversation is counted once; an answer that overran the reserve is rejected."""
     ctx = runtime.context
 
     def work() -> dict[str, Any]:
+        counter = resources(ctx).counter
         docs = [SourceDocument(d["id"], d["title"], d["text"], d["n_tokens"]) for d in state["documents"]]
-        messages, n, kept = fit_documents(resources(ctx).counter, state["instruction"], docs, state["answer"],
-                                          state["target_tokens"], ctx.doc_header, ctx.instruction_position)
-        record = _record(ctx, state, "long_input", messages, n, [d.id for d in kept], state["instruction"],
-                         seed_chunk=state["seed_chunk_id"], qfs_depth=state["level"], calls=state["calls"],
-                         **qfs_provenance(state["summaries"]))
+        messages = messages_for(user_turn(state["instruction"], docs, ctx.doc_header, ctx.instruction_position),
+                                state["answer"])
+        n, answer_tokens = counter.count_messages(messages), counter.count(state["answer"])
+        if n > state["target_tokens"]:
+            return _reject("assemble", f"{n} tokens with the answer ({answer_tokens} tokens), over the target "
+                                       f"{state['target_tokens']}: raise synth.answer_max_tokens="
+                                       f"{ctx.answer_max_tokens}")
+        documents = [{"id": d["id"], "rank": d.get("rank"), "position": i, "tokens": d["n_tokens"],
+                      "cut": d.get("cut", False)} for i, d in enumerate(state["documents"], 1)]
+        record = _record(ctx, state, "long_input", messages, n, [d.id for d in docs], state["instruction"],
+                         seed_chunk=state["seed_chunk_id"], task_type=state.get("task_type"),
+                         qfs_depth=state["level"], calls=state["calls"], **qfs_provenance(state["summaries"]),
+                         documents=documents, answer_tokens=answer_tokens, verified=state.get("verified"))
         return {"sample": record, "rejection": None}
 
     return await asyncio.to_thread(work)
@@ -291,65 +338,133 @@ async def backtranslate(state: SynthState, runtime: Runtime[SynthContext]) -> di
         text = await back_translate(res.llm, doc["text"])
     except LLMFailure as err:
         return {"calls": 1, **_reject("backtranslate", str(err), "endpoint")}
-    problem = instruction_problem(text, ctx.instruction_min_words, ctx.instruction_max_words)
+    problem = (instruction_problem(text, ctx.instruction_min_words, ctx.instruction_max_words)
+               or instruction_fits(text, doc["text"], doc.get("title", "")))
     if problem:
         return {"calls": 1, **_reject("backtranslate", problem)}
+    calls, verified = 1, None
+    if ctx.verify:  # a judge call: does the instruction ask for this kind of text?
+        calls, verified = 2, True
+        judge = [{"role": "system", "content": SYSTEM_PROMPT},
+                 {"role": "user", "content": INSTRUCTION_FIT_PROMPT.format(instruction=text, document=doc["text"])}]
+        try:
+            verdict = await res.llm.json(judge, Verdict)
+        except LLMFailure as err:
+            return {"calls": 2, **_reject("verify", str(err), "endpoint")}
+        if not verdict.supported:
+            return {"calls": 2, **_reject("verify", f"the instruction does not fit the document: {verdict.reason}")}
     messages = messages_for(text, doc["text"])
     record = await asyncio.to_thread(
         lambda: _record(ctx, state, "long_output", messages, res.counter.count_messages(messages), [doc["id"]],
-                        text, calls=1, qfs_depth=0, seed_chunk=None)
+                        text, calls=calls, qfs_depth=0, seed_chunk=None, verified=verified,
+                        answer_tokens=res.counter.count(doc["text"]))
     )
-    return {"sample": record, "rejection": None, "calls": 1}
+    return {"sample": record, "rejection": None, "calls": calls}
 
 
 # --- ACER ------------------------------------------------------------------------------------------
+# A retrieved sample is fitted twice: before reading, to its target less `answer_max_tokens` (the documents the
+# reader ranks), and after, with the real answer in place (within 1% of the target, never over): a shorter answer
+# leaves room for more of the documents gathered after them, a longer one cuts the tail — and the sample is rejected
+# if that cut would drop a passage the reader saw. A given context is laid out as title-less documents of about
+# `acer_chunk_tokens` each, cut at whitespace, under their headers ("Document 3"): those are the labels the reader
+# cites. It is never cut: one that does not fit its target (when it has one) is rejected with the reason.
+
+
+def _acer_documents(state: SynthState) -> list[SourceDocument]:
+    return [SourceDocument(d["id"], d["title"], d["text"], d.get("n_tokens")) for d in state.get("documents", [])]
 
 
 async def acer_context(state: SynthState, runtime: Runtime[SynthContext]) -> dict[str, Any]:
-    """Use the given long context, or retrieve documents for the question up to the target length."""
+    """The sample's documents: the given context cut at whitespace into labelled pieces, or documents retrieved for
+    the question until they fill the target."""
     ctx = runtime.context
     res = resources(ctx)
-    sid = ctx.sample_id("acer", state["index"], state.get("target_tokens"))
-    if state.get("context"):
-        return {"sample_id": sid, "documents": []}
+    target = state.get("target_tokens")
+    sid = ctx.sample_id("acer", state["index"], target)
 
-    def work() -> dict[str, Any]:
-        found = res.retriever.gather(state["question"], state["target_tokens"], res.counter.count)
+    def given() -> dict[str, Any]:
+        docs = [SourceDocument("", "", p) for p in text_pieces(res.counter, state["context"], ctx.acer_chunk_tokens)]
+        if not docs:
+            return {"sample_id": sid, **_reject("acer_context", "the given context is blank")}
+        if target:
+            n = res.counter.count_messages(acer_messages(state["question"], docs, "", ctx.doc_header))
+            if n > target:
+                return {"sample_id": sid, **_reject(
+                    "acer_context", f"the given context and its question are {n} tokens, over the target of {target} "
+                    "before any answer: a given context is never cut (shorten it, or give no target_tokens)")}
+        return {"sample_id": sid, "documents": [vars(d) for d in docs]}
+
+    def retrieved() -> dict[str, Any]:
+        if target <= ctx.answer_max_tokens:
+            return {"sample_id": sid, **_reject("acer_context", f"synth.answer_max_tokens={ctx.answer_max_tokens} "
+                                                f"leaves no room for documents in a target of {target}")}
+        found = res.retriever.gather(state["question"], target, res.counter.count)
         docs = [SourceDocument(d.id, d.title, d.text, n) for d, n in found]
-        _, _, kept = fit_documents(res.counter, state["question"], docs, "", state["target_tokens"],
-                                   ctx.doc_header, "after", exact=False)
-        body = "\n\n".join(f"{document_header(ctx.doc_header, i + 1, d.title)}\n{d.text}" for i, d in enumerate(kept))
-        return {"sample_id": sid, "context": body, "documents": [vars(d) for d in kept]}
+        _, n, _ = fit_acer(res.counter, state["question"], docs, "", target, ctx.doc_header, exact=False)
+        if n < 0.99 * target:
+            return {"sample_id": sid, **_reject("acer_context", f"the index holds only {n} tokens for a target of "
+                                                f"{target}")}
+        return {"sample_id": sid, "documents": [vars(d) for d in docs]}  # all gathered: the final fit picks
 
-    return await asyncio.to_thread(work)
+    return await asyncio.to_thread(given if state.get("context") else retrieved)
 
 
 async def acer_read(state: SynthState, runtime: Runtime[SynthContext]) -> dict[str, Any]:
-    """Chunk the context, rank chunks against the question, answer from the top-M with reasoning."""
+    """Chunk the documents the reader may see, rank the chunks against the question, answer from the top-M with
+    reasoning; each passage labelled by its document's header."""
     ctx = runtime.context
     res = resources(ctx)
+    docs = _acer_documents(state)
 
-    def rank() -> list[str]:
-        chunks = res.counter.split(state["context"], ctx.acer_chunk_tokens)
+    def rank() -> list[Passage]:
+        if state.get("context"):  # each piece of a given context is one chunk
+            passages = [Passage(i, 0, len(d.text), d.text) for i, d in enumerate(docs)]
+        else:
+            _, _, reading = fit_acer(res.counter, state["question"], docs, "",
+                                     state["target_tokens"] - ctx.answer_max_tokens, ctx.doc_header, exact=False)
+            passages = document_chunks(res.counter, [d.text for d in reading], ctx.acer_chunk_tokens)
         embedder = res.retriever.embedder if ctx.acer_ranker == "embedding" else None
-        order = rank_chunks(state["question"], chunks, ctx.acer_ranker, embedder)
-        return [chunks[i] for i in order[: ctx.acer_top_m]]
+        if embedder is not None:
+            passages = cap_passages(passages, embedder, ctx.acer_chunk_tokens)
+        order = rank_chunks(state["question"], [p.text for p in passages], ctx.acer_ranker, embedder)
+        return [passages[i] for i in order[: ctx.acer_top_m]]
 
     top = await asyncio.to_thread(rank)
+    labelled = [(document_header(ctx.doc_header, p.document + 1, docs[p.document].title), p.text) for p in top]
     try:
-        reasoned = await acer_answer(res.llm, state["question"], top)
+        reasoned = await acer_answer(res.llm, state["question"], labelled)
     except LLMFailure as err:
         return {"calls": 1, **_reject("acer_answer", str(err), "endpoint")}
-    return {"answer": reasoned_target(reasoned), "calls": 1}
+    return {"answer": reasoned_target(reasoned), "passages": [vars(p) for p in top], "calls": 1}
 
 
 async def acer_assemble(state: SynthState, runtime: Runtime[SynthContext]) -> dict[str, Any]:
-    """Full context + question → reasoned answer."""
+    """Documents + question → reasoned answer; a retrieved sample refitted to its target with the answer in place."""
     ctx = runtime.context
-    messages = messages_for(f"{state['context']}\n\nQuestion: {state['question']}", state["answer"])
-    record = await asyncio.to_thread(
-        lambda: _record(ctx, state, "acer", messages, resources(ctx).counter.count_messages(messages),
-                        [d["id"] for d in state.get("documents", [])], state["question"], calls=state["calls"],
-                        qfs_depth=0, seed_chunk=None)
-    )
-    return {"sample": record, "rejection": None}
+    counter = resources(ctx).counter
+    docs, target = _acer_documents(state), state.get("target_tokens")
+
+    def work() -> dict[str, Any]:
+        if state.get("context"):
+            messages = acer_messages(state["question"], docs, state["answer"], ctx.doc_header)
+            n, doc_ids = counter.count_messages(messages), []
+            if target and n > target:
+                return _reject("acer_assemble", f"the given context, its question and the answer are {n} tokens, "
+                               f"over the target of {target}: a given context is never cut")
+        else:
+            messages, n, kept = fit_acer(counter, state["question"], docs, state["answer"], target, ctx.doc_header)
+            lost = passages_left_out([Passage(**p) for p in state["passages"]], kept)
+            if lost:
+                label = document_header(ctx.doc_header, lost[0].document + 1, docs[lost[0].document].title)
+                return _reject("acer_assemble", f"the answer ({counter.count(state['answer'])} tokens) outgrew "
+                               f"synth.answer_max_tokens={ctx.answer_max_tokens}: a passage of {label!r} the reader "
+                               f"saw no longer fits the target of {target}")
+            if n < 0.99 * target:
+                return _reject("acer_assemble", f"the documents fill only {n} tokens of a target of {target}")
+            doc_ids = [d.id for d in kept]
+        record = _record(ctx, state, "acer", messages, n, doc_ids, state["question"], calls=state["calls"],
+                         qfs_depth=0, seed_chunk=None)
+        return {"sample": record, "rejection": None}
+
+    return await asyncio.to_thread(work)

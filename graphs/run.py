@@ -9,6 +9,7 @@ started again ends with every sample exactly once.
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 import time
 from collections.abc import Sequence
@@ -60,19 +61,56 @@ class RunSummary:
         )
 
 
-def make_jobs(mode: str, num_samples: int, target_lengths: Sequence[int], shard: int, num_shards: int,
-              acer_records: Sequence[dict[str, str]] = ()) -> list[dict[str, Any]]:
-    """Graph inputs of this shard: sample i gets target length `target_lengths[i % len]`."""
+def length_ranges(target_lengths: Sequence[Any]) -> list[tuple[int, int, float]] | None:
+    """`synth.target_lengths` as (min, max, weight) ranges, or None when it is a plain list of lengths.
+
+    Entries: a length (`131072`: assigned round-robin when every entry is one, else a range of one length, weight
+    1), `[min, max]` (weight 1) or `{min, max, weight}`. Bad entries raise `InputError` naming the key."""
+    from agents.errors import InputError
+
+    if not target_lengths:
+        raise InputError("synth.target_lengths is empty: give lengths ([131072]) or ranges ([{min, max, weight}])")
+    if all(isinstance(t, int) for t in target_lengths):
+        return None
+    ranges = []
+    for i, t in enumerate(target_lengths):
+        if isinstance(t, int):
+            t = {"min": t, "max": t}
+        elif isinstance(t, Sequence) and not isinstance(t, str) and len(t) == 2:
+            t = {"min": t[0], "max": t[1]}
+        if not isinstance(t, dict) or set(t) - {"min", "max", "weight"} or not {"min", "max"} <= set(t):
+            raise InputError(f"synth.target_lengths[{i}] = {t!r}: give a length, [min, max] or {{min, max, weight}}")
+        lo, hi, w = t["min"], t["max"], t.get("weight", 1.0)
+        if not (isinstance(lo, int) and isinstance(hi, int) and 0 < lo <= hi) or not w > 0:
+            raise InputError(f"synth.target_lengths[{i}]: need 0 < min <= max (integers) and weight > 0, got {t!r}")
+        ranges.append((lo, hi, float(w)))
+    return ranges
+
+
+def target_length(target_lengths: Sequence[Any], index: int, seed: int) -> int:
+    """Sample `index`'s target length: `target_lengths[index % len]` for plain lengths; for ranges, one drawn by
+    weight and then a length uniformly within it, both from the seed and the index alone."""
+    ranges = length_ranges(target_lengths)
+    if ranges is None:
+        return int(target_lengths[index % len(target_lengths)])
+    rng = random.Random(f"{seed}:{index}:length")
+    lo, hi, _ = rng.choices(ranges, weights=[w for _, _, w in ranges])[0]
+    return rng.randint(lo, hi)
+
+
+def make_jobs(mode: str, num_samples: int, target_lengths: Sequence[Any], shard: int, num_shards: int,
+              acer_records: Sequence[dict[str, str]] = (), seed: int = 0) -> list[dict[str, Any]]:
+    """Graph inputs of this shard, each with its `target_length`."""
     if not 0 <= shard < num_shards:
         raise ValueError(f"synth.shard={shard} must be in [0, synth.num_shards={num_shards})")
     if mode == "acer":
         items = [{"index": i, **r} for i, r in enumerate(acer_records)]
         for item in items:
-            item["target_tokens"] = None if item["context"] else target_lengths[item["index"] % len(target_lengths)]
+            item["target_tokens"] = None if item["context"] else target_length(target_lengths, item["index"], seed)
     elif mode == "backtranslation":
         items = [{"index": i} for i in range(num_samples)]
     else:
-        items = [{"index": i, "target_tokens": target_lengths[i % len(target_lengths)]} for i in range(num_samples)]
+        items = [{"index": i, "target_tokens": target_length(target_lengths, i, seed)} for i in range(num_samples)]
     return [item for item in items if item["index"] % num_shards == shard]
 
 

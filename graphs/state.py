@@ -27,6 +27,7 @@ class SynthState(SampleInput, SampleOutput, total=False):
 
     sample_id: str
     seed_chunk_id: str
+    task_type: str  # the instruction's task type (a key of synth.task_types), drawn from the seed and index
     instruction: str
     documents: list[dict[str, Any]]  # {id, title, text, n_tokens, splits} in sample order (splits: QFS piece starts)
     pieces: list[str]  # what the current QFS level summarizes
@@ -35,6 +36,8 @@ class SynthState(SampleInput, SampleOutput, total=False):
     notes: list[str]  # the final summaries the answer is written from
     notes_tokens: int  # their tokens
     answer: str
+    verified: bool | None  # synth.verify: the judge found the answer supported by the notes
+    passages: list[dict[str, Any]]  # ACER: what the reader saw, {document (0-based), start, end, text} in its text
     calls: Annotated[int, operator.add]  # LLM calls made for this sample
 
 

@@ -72,6 +72,8 @@ class ServerControl:
     models_status: int | None = None  # when set, GET /v1/models answers this HTTP status with an error body
     models_empty: bool = False  # GET /v1/models answers an empty list
     served_models: tuple[str, ...] | None = None  # when set, chat for another model answers 404 as vLLM does
+    acer_reasoning_words: int = 0  # > 0: ACER reasoning is padded to about this many words (a long answer)
+    verdict: str = "yes"  # judge calls (synth.verify): "yes" supported, "no" not
     _rng: random.Random | None = None
 
     def reset(self) -> None:
@@ -106,14 +108,21 @@ class ServerControl:
 
 
 _WORDS = re.compile(r"[A-Za-z][A-Za-z_]{3,}")
+# `instruction_pool` replies (a pool above 8 repeats them): apart by 3-grams and by hashed-embedding cosine (< 0.8)
+_POOL_TOPICS = ("sorting lists with key functions and stable comparisons",
+                "network sockets servers clients and their ports", "decimal rounding precision and arithmetic contexts",
+                "regular expression groups flags and lookahead patterns", "threads locks queues and executor pools",
+                "dates times calendars and time zones", "compressed archives in zip tar and gzip formats",
+                "unit tests fixtures mocks and assertion helpers")
 
 
 def _between(text: str, start: str, end: str) -> str:
     return text.split(start, 1)[1].split(end, 1)[0] if start in text else text
 
 
-def scripted_reply(messages: list[dict]) -> tuple[str, bool]:
-    """(reply, is_json) for a synthesis prompt, decided only by the prompt's text."""
+def scripted_reply(messages: list[dict], reasoning_words: int = 0) -> tuple[str, bool]:
+    """(reply, is_json) for a synthesis prompt, decided only by the prompt's text (ACER's reasoning padded to
+    `reasoning_words` words when given)."""
     original = next(m["content"] for m in messages if m["role"] == "user")
     words = _WORDS.findall
     if "Write one realistic request" in original:
@@ -132,9 +141,11 @@ def scripted_reply(messages: list[dict]) -> tuple[str, bool]:
         topic = " ".join(words(_between(original, "<text>", "</text>"))[:12])
         return json.dumps({"instruction": f"Write a long, detailed technical document covering {topic}."}), True
     if "Passages retrieved from a long context" in original:
-        passage = _between(original, "[1]", "\n")
-        return json.dumps({"reasoning": "Passage 1 is the most relevant: " + " ".join(passage.split()[:30]),
-                           "answer": " ".join(passage.split()[:5]) or "unknown"}), True
+        label, _, passage = _between(original, "<passage>\n", "</passage>").partition("\n")  # the first, its label
+        reasoning = f"{label} is the most relevant: " + " ".join(passage.split()[:30])
+        padding = passage.split() or ["because"]
+        reasoning += "".join(f" {padding[i % len(padding)]}" for i in range(max(0, reasoning_words - 36)))
+        return json.dumps({"reasoning": reasoning, "answer": " ".join(passage.split()[:5]) or "unknown"}), True
     return "", False
 
 
@@ -215,11 +226,14 @@ def build_app(control: ServerControl) -> FastAPI:
                 return JSONResponse({"error": {"message": "slow down"}}, status_code=429, headers={"Retry-After": "0"})
             if fault == "timeout":
                 await asyncio.sleep(control.timeout_sleep)
-            content, is_json = scripted_reply(body["messages"])
+            content, is_json = scripted_reply(body["messages"], control.acer_reasoning_words)
+            if body["messages"][-1]["content"].startswith("You are checking"):  # a judge call (synth.verify)
+                content, is_json = json.dumps({"supported": control.verdict == "yes", "reason": "scripted"}), True
             if control.instruction_pool and is_json and '"instruction"' in content and "passage>" in str(body):
                 pick = zlib.crc32(json.dumps(body["messages"]).encode()) % control.instruction_pool
-                content = json.dumps({"instruction": f"Using several documents, explain topic number {pick} of the "
-                                                     f"library and how its pieces connect to each other."})
+                # distinct topics: pool texts are near-duplicates of themselves only (by 3-grams and by meaning)
+                topic = _POOL_TOPICS[pick % len(_POOL_TOPICS)]
+                content = json.dumps({"instruction": f"Using several documents, explain {topic}."})
             if not content:  # not a synthesis prompt: an evaluation one
                 content = evaluation_reply(body["messages"][-1]["content"], control).strip()
             finish = "stop"

@@ -35,13 +35,15 @@ def _invoke(graph, ctx, job):
 
 
 def test_long_input_sample_hits_its_target_length(server, topics_index, tiny_tokenizer, tmp_path):
-    ctx = _ctx(server, topics_index, tiny_tokenizer, tmp_path)
+    ctx = _ctx(server, topics_index, tiny_tokenizer, tmp_path, answer_max_tokens=400)
     out = _invoke(synthesis.graph, ctx, {"index": 0, "target_tokens": 6000})
     assert out["rejection"] is None, out["rejection"]
     sample = out["sample"]
     counter = ChatTokenCounter(tiny_tokenizer)
     assert counter.count_messages(sample["messages"]) == sample["n_tokens"]
-    assert abs(sample["n_tokens"] - 6000) <= 0.02 * 6000
+    # the target less what the answer left of its reserve
+    answer_tokens = sample["provenance"]["answer_tokens"]
+    assert 6000 - 400 + answer_tokens - 0.02 * 6000 <= sample["n_tokens"] <= 6000
     assert sample["kind"] == "long_input" and sample["id"] == ctx.sample_id("long_input", 0, 6000)
     user, assistant = (m["content"] for m in sample["messages"])
     assert user.startswith("Document 1: ") and user.endswith(sample["instruction"])
@@ -98,7 +100,10 @@ def test_acer_answers_from_top_chunks_and_trains_on_the_full_context(server, top
     out = _invoke(acer.graph, ctx, {"index": 0, "question": "When does the harbour of Valdoria open?", "context": context})
     sample = out["sample"]
     user, assistant = (m["content"] for m in sample["messages"])
-    assert user == f"{context}\n\nQuestion: When does the harbour of Valdoria open?"
+    # the whole given context, laid out as pieces under the labels the reader cites ("Document 1", ...)
+    assert user.startswith("Document 1\nFiller")
+    assert user.endswith("\n\nQuestion: When does the harbour of Valdoria open?")
+    assert " ".join(ln for ln in user.splitlines()[:-1] if not ln.startswith("Document ")).split() == context.split()
     assert "Valdoria" in assistant.split("Answer:")[0]  # the top-ranked passage held the fact
     assert sample["kind"] == "acer" and "\n\nAnswer: " in assistant
 
