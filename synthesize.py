@@ -2,6 +2,7 @@
 
     python synthesize.py synth.num_samples=100 synth.target_lengths=[131072] llm.base_url=http://host:8000/v1
     python synthesize.py synth.mode=backtranslation | synth.mode=acer synth.acer_input=qa.jsonl
+    python synthesize.py ... report=true      # then the quality table, and report.png beside the samples
 """
 
 import asyncio
@@ -17,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from agents.acer import read_acer_inputs
 from agents.errors import InputError
+from evals.synthesis_report import png_beside, report
 from graphs import acer, backtranslation, synthesis
 from graphs.context import SynthContext
 from graphs.run import RunStopped, make_jobs, output_paths, run_jobs
@@ -34,7 +36,8 @@ def main(cfg: DictConfig) -> None:
         plain = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("llm", "embedder", "store", "synth")}
         ctx = SynthContext.from_config(corpus=instantiate(cfg.corpus).name, **plain)
         records = read_acer_inputs(s.acer_input) if s.mode == "acer" else ()
-        jobs = make_jobs(s.mode, s.num_samples, list(s.target_lengths), s.shard, s.num_shards, records)
+        lengths = OmegaConf.to_container(s.target_lengths, resolve=True)
+        jobs = make_jobs(s.mode, s.num_samples, lengths, s.shard, s.num_shards, records, s.seed)
         samples_path, rejected_path = output_paths(s.out_dir, s.shard, s.num_shards)
         summary = asyncio.run(run_jobs(
             GRAPHS[s.mode], ctx, s.mode, jobs, samples_path, rejected_path, s.samples_in_flight,
@@ -47,6 +50,11 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
     print(f"{samples_path}: {summary.line()}")
+    if cfg.report:  # everything in the samples file, this run's and earlier runs' samples
+        if samples_path.exists():
+            report(samples_path, png_beside(samples_path))
+        else:
+            print(f"report: no samples in {samples_path} yet")
 
 
 if __name__ == "__main__":
