@@ -15,7 +15,7 @@ from lightning_modules import attention
 from lightning_modules.context_parallel import shard_batch
 from lightning_modules.errors import ConfigError
 from lightning_modules.loss import ChunkedLossLM
-from lightning_modules.model import build_model
+from lightning_modules.model import build_model, checkpoint_files, load_shards
 
 
 def flops_per_token(n_params: int, n_layers: int, hidden: int, seq_len: int) -> float:
@@ -79,12 +79,21 @@ class LongContextLM(L.LightningModule):
         attention.use_context_parallel(self.cp_group, self.hparams.ring_blocks)
 
     def configure_model(self) -> None:
-        """Build the model once per process, after the process group exists (FSDP wraps it here)."""
+        """Build the model once per process, after the process group exists (FSDP wraps it here).
+
+        Under FSDP no rank makes the whole model: each builds it on the meta device, shards it, then makes and
+        fills only its own rows (`load_shards`, reading them from the checkpoint). A random init is drawn whole
+        by rank 0 alone, as one process would draw it, and scattered. Otherwise the checkpoint is read straight
+        into the weights on the strategy's device."""
         if self.net is not None:
             return
         h = self.hparams
         self._context_parallel_groups()
-        model = build_model(h.init_from, h.model_config, h.rope_theta, h.seq_len, h.attention)
+        source = None
+        if h.fsdp and not checkpoint_files(h.init_from) and dist.get_rank() == 0:  # before the meta build
+            source = build_model(h.init_from, h.model_config, h.rope_theta, h.seq_len, h.attention, device="cpu")
+        model = build_model(h.init_from, h.model_config, h.rope_theta, h.seq_len, h.attention,
+                            device="meta" if h.fsdp else None)
         model.train()  # from_pretrained returns eval mode, where HF skips gradient checkpointing
         if h.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -98,11 +107,15 @@ class LongContextLM(L.LightningModule):
 
             # CP ranks hold the same parameters: shard over every rank (dp x cp flattened); one unit
             # per decoder layer, and the root (embeddings, norm, head) around the loss's forward
-            mesh = init_device_mesh("cuda" if torch.cuda.is_available() else "cpu", (self.world,))
+            gpu = torch.cuda.is_available()
+            mesh = init_device_mesh("cuda" if gpu else "cpu", (self.world,))
             policy = mixed_precision_policy(h.mixed_precision)
             for layer in model.base_model.layers:
                 fully_shard(layer, mesh=mesh, mp_policy=policy)
             fully_shard(self.net, mesh=mesh, mp_policy=policy)
+            device = torch.device("cuda", torch.cuda.current_device()) if gpu else torch.device("cpu")
+            load_shards(self.net, model, h.init_from, source, device)  # fp32 shards of the checkpoint's weights
+            del source
 
     # --- training --------------------------------------------------------------------------------
 
