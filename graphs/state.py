@@ -20,6 +20,9 @@ class SampleOutput(TypedDict, total=False):
 
     sample: dict[str, Any] | None
     rejection: dict[str, Any] | None
+    # long-input: the accepted instruction, also of a sample rejected after it (a resumed run's near-duplicate
+    # filter needs it: the instruction was kept when the sample was made)
+    instruction: str
 
 
 class SynthState(SampleInput, SampleOutput, total=False):
@@ -28,7 +31,6 @@ class SynthState(SampleInput, SampleOutput, total=False):
     sample_id: str
     seed_chunk_id: str
     task_type: str  # the instruction's task type (a key of synth.task_types), drawn from the seed and index
-    instruction: str
     documents: list[dict[str, Any]]  # {id, title, text, n_tokens, splits} in sample order (splits: QFS piece starts)
     pieces: list[str]  # what the current QFS level summarizes
     summaries: Annotated[list[dict[str, Any]], operator.add]  # {level, index, text | None, error}
