@@ -39,6 +39,12 @@ def _rng(ctx: SynthContext, *parts: object) -> random.Random:
     return random.Random(":".join(str(p) for p in (ctx.seed, *parts)))
 
 
+async def _judge(res: Any, prompt: str) -> Verdict:
+    """A judge call (`synth.verify`): whether what `prompt` shows is supported (LLMFailure when no usable reply)."""
+    return await res.llm.json([{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}],
+                              Verdict)
+
+
 def _record(ctx: SynthContext, state: dict[str, Any], kind: str, messages: list[dict[str, str]], n_tokens: int,
             doc_ids: list[str], instruction: str, **provenance: Any) -> dict[str, Any]:
     """A line of the sample JSONL (DESIGN.md's contract)."""
@@ -250,10 +256,8 @@ async def answer(state: SynthState, runtime: Runtime[SynthContext]) -> dict[str,
         return {"calls": 1, **_reject("answer", f"answer too short ({len(text.split())} words)")}
     if not ctx.verify:
         return {"answer": text, "calls": 1}
-    judge = [{"role": "system", "content": SYSTEM_PROMPT},
-             {"role": "user", "content": VERIFY_PROMPT.format(notes=notes, answer=text)}]
     try:
-        verdict = await res.llm.json(judge, Verdict)
+        verdict = await _judge(res, VERIFY_PROMPT.format(notes=notes, answer=text))
     except LLMFailure as err:
         return {"calls": 2, **_reject("verify", str(err), "endpoint")}
     if not verdict.supported:
@@ -345,10 +349,8 @@ async def backtranslate(state: SynthState, runtime: Runtime[SynthContext]) -> di
     calls, verified = 1, None
     if ctx.verify:  # a judge call: does the instruction ask for this kind of text?
         calls, verified = 2, True
-        judge = [{"role": "system", "content": SYSTEM_PROMPT},
-                 {"role": "user", "content": INSTRUCTION_FIT_PROMPT.format(instruction=text, document=doc["text"])}]
         try:
-            verdict = await res.llm.json(judge, Verdict)
+            verdict = await _judge(res, INSTRUCTION_FIT_PROMPT.format(instruction=text, document=doc["text"]))
         except LLMFailure as err:
             return {"calls": 2, **_reject("verify", str(err), "endpoint")}
         if not verdict.supported:

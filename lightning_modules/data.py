@@ -52,36 +52,88 @@ class PackStats:
         return self.tokens / max(1, self.rows * self.seq_len)
 
 
+ROWS_PER_TASK = 2048  # conversations per tokenizing task of a preparation
+
+
+@dataclass
+class Part:
+    """One tokenizing task: rows `start .. start + count - 1` of source `source`."""
+
+    source: int
+    start: int
+    count: int
+    offset: int = 0  # JSONL: the byte where its first row's line starts; parquet: the row group
+    line: int = 1  # JSONL: the line number of its first row
+
+
+def missing_data_file(path: str) -> ConfigError:
+    """The error for a data file that is not there, with the commands that make one."""
+    return ConfigError(f"data file {path} does not exist; fix data.sources[].path or make it "
+                       f"(python synthesize.py writes samples.jsonl; python evaluate.py task=passkey "
+                       f"export_training={path} export.seq_len=<stage length> writes the passkey task)")
+
+
 def read_messages(path: str) -> list[list[dict]]:
-    """The `messages` of every row of a .jsonl or .parquet file."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"data file {path} does not exist; fix data.sources[].path or make it "
-                          f"(python synthesize.py writes samples.jsonl; python evaluate.py task=passkey "
-                          f"export_training={path} export.seq_len=<stage length> writes the passkey task)")
-    rows: list[list[dict]] = []
-    if p.suffix == ".parquet":
+    """The `messages` of every row of a .jsonl or .parquet file, each checked (errors name the file and line)."""
+    if not Path(path).is_file():
+        raise missing_data_file(path)
+    return [messages for part in plan_parts(0, path)[1] for messages in read_part(path, part)]
+
+
+def plan_parts(i: int, path: str, rows_per_task: int = ROWS_PER_TASK) -> tuple[int, list[Part]]:
+    """How many rows a source has, and its tokenizing tasks (found without parsing a JSONL line)."""
+    parts: list[Part] = []
+    if path.endswith(".parquet"):
         import pyarrow.parquet as pq
 
-        table = pq.read_table(p)
-        if "messages" not in table.column_names:
-            raise ConfigError(f"{path} has no 'messages' column (columns: {table.column_names})")
-        rows = table.column("messages").to_pylist()
-    else:
-        with p.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ConfigError(f"{path}:{n} is not JSON ({e.msg}); fix or remove that line") from None
-                if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
-                    raise ConfigError(f"{path}:{n} has no 'messages' list")
-                rows.append(record["messages"])
-    for n, messages in enumerate(rows, 1):
-        check_messages(f"{path} row {n}", messages)
-    return rows
+        meta = pq.ParquetFile(path)
+        if "messages" not in meta.schema_arrow.names:
+            raise ConfigError(f"{path} has no 'messages' column (columns: {meta.schema_arrow.names})")
+        start = 0
+        for g in range(meta.num_row_groups):
+            n = meta.metadata.row_group(g).num_rows
+            parts.append(Part(i, start, n, g))
+            start += n
+        return start, parts
+    rows, at = 0, 0
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                if rows % rows_per_task == 0:
+                    parts.append(Part(i, rows, 0, at, number))
+                rows += 1
+                parts[-1].count += 1
+            at += len(line)
+    return rows, parts
+
+
+def read_part(path: str, part: Part) -> list[list[dict]]:
+    """The `messages` of one task's rows, each checked (errors name the file and line or row)."""
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        rows = pq.ParquetFile(path).read_row_group(part.offset, columns=["messages"]).column(0).to_pylist()
+        for n, messages in enumerate(rows, part.start + 1):
+            check_messages(f"{path} row {n}", messages)
+        return rows
+    out: list[list[dict]] = []
+    with open(path, "rb") as f:
+        f.seek(part.offset)
+        number = part.line - 1
+        while len(out) < part.count:
+            line, number = f.readline(), number + 1
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{where} is not JSON ({e.msg}); fix or remove that line") from None
+            if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
+                raise ConfigError(f"{where} has no 'messages' list")
+            check_messages(where, record["messages"])
+            out.append(record["messages"])
+    return out
 
 
 def check_messages(where: str, messages: list) -> None:

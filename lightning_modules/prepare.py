@@ -26,7 +26,7 @@ import random
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -34,14 +34,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lightning_modules.data import (PackStats, Source, best_fit, check_messages, decode_row, fill_rows, sample_flags,
-                                    tokenize_messages)
+from lightning_modules.data import (ROWS_PER_TASK, PackStats, Part, Source, best_fit, decode_row, fill_rows,
+                                    missing_data_file, plan_parts, read_part, sample_flags, tokenize_messages)
 from lightning_modules.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when the layout, the mixing or the packing changes: older preparations are not reused
-ROWS_PER_TASK = 2048  # conversations per tokenizing task
 
 
 # --- what a preparation is keyed by ---------------------------------------------------------------------
@@ -78,17 +77,6 @@ def fingerprint(tokenizer, sources: list[Source], seq_len: int, seed: int, mark_
 # --- reading the sources in parts -------------------------------------------------------------------------
 
 
-@dataclass
-class Part:
-    """One tokenizing task: rows `start .. start + count - 1` of source `source`."""
-
-    source: int
-    start: int
-    count: int
-    offset: int = 0  # JSONL: the byte where its first row's line starts; parquet: the row group
-    line: int = 1  # JSONL: the line number of its first row
-
-
 def check_source(i: int, source: Source) -> None:
     """Refuse a source entry the trainer cannot read, naming its key."""
     if source.loss not in ("all", "responses"):
@@ -99,65 +87,7 @@ def check_source(i: int, source: Source) -> None:
     if not source.path:
         raise ConfigError(f"data.sources[{i}] (format messages) needs a path")
     if not Path(source.path).is_file():
-        raise ConfigError(f"data file {source.path} does not exist; fix data.sources[].path or make it "
-                          f"(python synthesize.py writes samples.jsonl; python evaluate.py task=passkey "
-                          f"export_training={source.path} export.seq_len=<stage length> writes the passkey task)")
-
-
-def plan_parts(i: int, path: str, rows_per_task: int = ROWS_PER_TASK) -> tuple[int, list[Part]]:
-    """How many rows a source has, and its tokenizing tasks (found without parsing a JSONL line)."""
-    parts: list[Part] = []
-    if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        meta = pq.ParquetFile(path)
-        if "messages" not in meta.schema_arrow.names:
-            raise ConfigError(f"{path} has no 'messages' column (columns: {meta.schema_arrow.names})")
-        start = 0
-        for g in range(meta.num_row_groups):
-            n = meta.metadata.row_group(g).num_rows
-            parts.append(Part(i, start, n, g))
-            start += n
-        return start, parts
-    rows, at = 0, 0
-    with open(path, "rb") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                if rows % rows_per_task == 0:
-                    parts.append(Part(i, rows, 0, at, number))
-                rows += 1
-                parts[-1].count += 1
-            at += len(line)
-    return rows, parts
-
-
-def read_part(path: str, part: Part) -> list[list[dict]]:
-    """The `messages` of one task's rows, each checked (errors name the file and line or row)."""
-    if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        rows = pq.ParquetFile(path).read_row_group(part.offset, columns=["messages"]).column(0).to_pylist()
-        for n, messages in enumerate(rows, part.start + 1):
-            check_messages(f"{path} row {n}", messages)
-        return rows
-    out: list[list[dict]] = []
-    with open(path, "rb") as f:
-        f.seek(part.offset)
-        number = part.line - 1
-        while len(out) < part.count:
-            line, number = f.readline(), number + 1
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{where} is not JSON ({e.msg}); fix or remove that line") from None
-            if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
-                raise ConfigError(f"{where} has no 'messages' list")
-            check_messages(where, record["messages"])
-            out.append(record["messages"])
-    return out
+        raise missing_data_file(source.path)
 
 
 # --- the build -----------------------------------------------------------------------------------------------
