@@ -106,6 +106,7 @@ def main() -> None:
             store=json.dumps({"_target_": "agents.store.ChromaStore", "path": str(tmp / "chroma")}),
             corpus="python_docs",
             embedder=json.dumps(spec), qfs_chunk_tokens=512, qfs_budget_tokens=1024,
+            answer_max_tokens=min(2048, args.target // 4),  # the scripted answers are short
         )
         reset(url)
         jobs = make_jobs("selflong", args.samples, [args.target], 0, 1)

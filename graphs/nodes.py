@@ -149,6 +149,9 @@ async def retrieve(state: SynthState, runtime: Runtime[SynthContext]) -> dict[st
         _, n, kept = fit_documents(counter, state["instruction"], docs, "", state["target_tokens"],
                                    ctx.doc_header, ctx.instruction_position, exact=False, encodings=by_id,
                                    reserve=ctx.answer_max_tokens)
+        if not kept or 2 * ctx.answer_max_tokens > state["target_tokens"]:
+            return _reject("retrieve", f"synth.answer_max_tokens={ctx.answer_max_tokens} leaves less than half of the "
+                                       f"{state['target_tokens']}-token target for documents; lower it")
         if n < 0.98 * state["target_tokens"]:
             return _reject("retrieve", f"the index holds only {n - ctx.answer_max_tokens} tokens for a target of "
                                        f"{state['target_tokens']} less synth.answer_max_tokens={ctx.answer_max_tokens}")

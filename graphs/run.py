@@ -98,6 +98,17 @@ def target_length(target_lengths: Sequence[Any], index: int, seed: int) -> int:
     return rng.randint(lo, hi)
 
 
+def check_answer_reserve(jobs: Sequence[dict[str, Any]], answer_max_tokens: int) -> None:
+    """Refuse a run whose answer reserve leaves a sample less than half its target for documents."""
+    from agents.errors import InputError
+
+    for job in jobs:
+        if job.get("target_tokens") and 2 * answer_max_tokens > job["target_tokens"]:
+            raise InputError(f"synth.answer_max_tokens={answer_max_tokens} leaves less than half of sample "
+                             f"{job['index']}'s {job['target_tokens']}-token target for documents; lower it or "
+                             f"raise synth.target_lengths")
+
+
 def make_jobs(mode: str, num_samples: int, target_lengths: Sequence[Any], shard: int, num_shards: int,
               acer_records: Sequence[dict[str, str]] = (), seed: int = 0) -> list[dict[str, Any]]:
     """Graph inputs of this shard, each with its `target_length`."""
@@ -144,6 +155,7 @@ async def run_jobs(graph, ctx: SynthContext, mode: str, jobs: Sequence[dict[str,
     """
     start = time.perf_counter()
     kind = KINDS[mode]
+    check_answer_reserve(jobs, ctx.answer_max_tokens)
     res = resources(ctx)
     await res.llm.preflight()
     # tokenizer, embedder and store ready before the first sample (ACER over given contexts needs no index)

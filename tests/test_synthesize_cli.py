@@ -22,6 +22,7 @@ def _args(server, topics_index, tiny_tokenizer, out, *extra):
         "embedder.model=hash-embed", "embedder.name=hash-embed", f"embedder.tokenizer={spec['tokenizer']}",
         f"synth.tokenizer={tiny_tokenizer}", f"synth.out_dir={out}", "synth.num_samples=6",
         "synth.target_lengths=[2500,3500]", "synth.qfs_chunk_tokens=512", "synth.qfs_budget_tokens=600",
+        "synth.answer_max_tokens=256",
         "synth.progress=false", *extra,
     ]
 

@@ -4,8 +4,6 @@ words rather than whitespace-separated strings."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import re
 import types
@@ -17,7 +15,8 @@ from agents.embedder import SentenceTransformerEmbedder
 from agents.tokens import ChatTokenCounter
 from graphs import acer
 from graphs.context import SynthContext
-from graphs.resources import Resources, resources
+from graphs.resources import Resources
+from tests.graphs.scripted import invoke, synth_context
 
 QUESTION = "How does the assert statement work?"
 RAW_CONTEXT = " ".join(f"Filler sentence number {i} about nothing in particular." for i in range(150)) + (
@@ -26,25 +25,11 @@ RAW_CONTEXT = " ".join(f"Filler sentence number {i} about nothing in particular.
 
 
 def _ctx(server, topics_index, tiny_tokenizer, tmp_path, **kw) -> SynthContext:
-    store, spec = topics_index
-    settings = dict(
-        llm_base_url=server.url, llm_model="scripted", llm_timeout=5.0, llm_max_retries=2,
-        cache_path=str(tmp_path / "cache.sqlite"), corpus="python_docs",
-        store=json.dumps({"_target_": "agents.store.ChromaStore", "path": store}),
-        embedder=json.dumps(spec, sort_keys=True), tokenizer=tiny_tokenizer,
-    )
-    settings.update(kw)
-    return SynthContext(**settings)
+    return synth_context(server, topics_index, tiny_tokenizer, tmp_path, **{"answer_max_tokens": 2048, **kw})
 
 
 def _invoke(ctx: SynthContext, job: dict) -> dict:
-    async def go():
-        try:
-            return await acer.graph.ainvoke(job, config={"recursion_limit": 40}, context=ctx)
-        finally:
-            await resources(ctx).llm.aclose()
-
-    return asyncio.run(go())
+    return invoke(acer.graph, ctx, job)
 
 
 def _reader_prompt(server) -> str:

@@ -18,7 +18,7 @@ def _ctx(server, topics_index, tiny_tokenizer, tmp_path, **kw):
         cache_path=str(tmp_path / "cache.sqlite"), corpus="python_docs",
         store=json.dumps({"_target_": "agents.store.ChromaStore", "path": store}),
         embedder=json.dumps(spec, sort_keys=True), tokenizer=tiny_tokenizer, qfs_chunk_tokens=1024,
-        qfs_budget_tokens=2048,
+        qfs_budget_tokens=2048, answer_max_tokens=256,
     )
     settings.update(kw)
     return SynthContext(**settings)
@@ -28,6 +28,17 @@ def _run(ctx, jobs, tmp_path, **kw):
     samples, rejected = output_paths(tmp_path / "out", 0, 1)
     summary = asyncio.run(run_jobs(synthesis.graph, ctx, "selflong", jobs, samples, rejected, progress=False, **kw))
     return summary, read_jsonl(samples), read_jsonl(rejected)
+
+
+def test_an_answer_reserve_over_half_a_target_is_refused_before_any_work(server, topics_index, tiny_tokenizer,
+                                                                        tmp_path):
+    from agents.errors import InputError
+
+    ctx = _ctx(server, topics_index, tiny_tokenizer, tmp_path, answer_max_tokens=2048)
+    with pytest.raises(InputError, match=r"synth.answer_max_tokens=2048 leaves less than half of sample 1's "
+                                         r"3000-token target"):
+        _run(ctx, make_jobs("selflong", 4, [5000, 3000], 0, 1), tmp_path)
+    assert server.control.chat_requests == 0 and not (tmp_path / "out").exists()
 
 
 def test_30_percent_faults_every_seed_is_a_sample_or_a_reasoned_rejection(server, topics_index, tiny_tokenizer, tmp_path):

@@ -1,37 +1,14 @@
 """The three graphs, run once per sample against the scripted server and a real Chroma index."""
 
-import asyncio
-import json
-
 import pytest
 
 from agents.tokens import ChatTokenCounter
 from graphs import acer, backtranslation, synthesis
-from graphs.context import SynthContext
 from graphs.resources import resources
+from tests.graphs.scripted import invoke, synth_context
 
-
-def _ctx(server, topics_index, tiny_tokenizer, tmp_path, **kw) -> SynthContext:
-    store, spec = topics_index
-    settings = dict(
-        llm_base_url=server.url, llm_model="scripted", llm_timeout=5.0, llm_max_retries=2,
-        cache_path=str(tmp_path / "cache.sqlite"), corpus="python_docs",
-        store=json.dumps({"_target_": "agents.store.ChromaStore", "path": store}),
-        embedder=json.dumps(spec, sort_keys=True), tokenizer=tiny_tokenizer,
-        qfs_chunk_tokens=1024, qfs_budget_tokens=2048,
-    )
-    settings.update(kw)
-    return SynthContext(**settings)
-
-
-def _invoke(graph, ctx, job):
-    async def go():
-        try:
-            return await graph.ainvoke(job, config={"recursion_limit": 80, "max_concurrency": 8}, context=ctx)
-        finally:
-            await resources(ctx).llm.aclose()
-
-    return asyncio.run(go())
+_ctx = synth_context
+_invoke = invoke
 
 
 def test_long_input_sample_hits_its_target_length(server, topics_index, tiny_tokenizer, tmp_path):

@@ -61,7 +61,7 @@ def _ctx(server, corpora, tiny_tokenizer, tmp_path, corpus) -> SynthContext:
         cache_path=str(tmp_path / f"{corpus}.sqlite"), corpus=corpus,
         store=json.dumps({"_target_": "agents.store.ChromaStore", "path": store}),
         embedder=json.dumps(spec, sort_keys=True), tokenizer=tiny_tokenizer,
-        qfs_chunk_tokens=1024, qfs_budget_tokens=2048,
+        qfs_chunk_tokens=1024, qfs_budget_tokens=2048, answer_max_tokens=256,
     )
 
 
